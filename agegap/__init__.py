@@ -1,0 +1,17 @@
+"""agegap: tell old from young faces on the Large Age-Gap dataset, reproducibly.
+
+The package holds the library the DVC stages (``stages/``) and the Prefect flows
+(``flows/``) are built from; neither of those re-implements anything found here.
+"""
+
+import os
+
+# TensorFlow's C++ start-up chatter (and, on CPU machines, a scary "failed call to
+# cuInit") would fill every stage's log; real errors still raise in Python.
+# Set before anything imports TensorFlow; a user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+CLASS_NAMES: tuple[str, str] = ("old", "young")
+"""Label order: index 1 is ``young``, as ``flow_from_directory`` sorted them in the blog."""
+
+__version__ = "0.1.0"

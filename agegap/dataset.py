@@ -1,0 +1,88 @@
+"""The split images as in-memory arrays, and the training batch stream.
+
+LAG decodes to about 115 MB, so every split is decoded once with Pillow into uint8
+arrays; batches are numpy slices of those, the same on every Keras backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agegap import CLASS_NAMES
+from agegap.errors import AgegapError
+from agegap.images import load_many
+
+SPLIT_DIR = Path("data/split")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images ``(n, size, size, 3)`` uint8, labels ``(n,)`` float32 (1 = young), and paths."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_split(split: str, image_size: int, root: Path = Path(".")) -> ImageSet:
+    """Decode every image of one split (``train``, ``validation`` or ``test``)."""
+    from stages.split import read_split  # the split stage owns its manifest's format
+
+    manifest = read_split(root)
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise AgegapError(f"{root / SPLIT_DIR / 'manifest.csv'}: the {split} split is empty")
+    paths = tuple(rows["split_path"])
+    images = load_many([root / SPLIT_DIR / p for p in paths], image_size)
+    labels = (rows["label"].to_numpy() == CLASS_NAMES[1]).astype(np.float32)
+    return ImageSet(images, labels, paths)
+
+
+def load_folder(folder: Path, image_size: int) -> ImageSet:
+    """A labelled folder laid out like a split: ``folder/old/*`` and ``folder/young/*``."""
+    from agegap.images import UndecodableImageError, inspect_image
+
+    paths: list[Path] = []
+    labels: list[float] = []
+    for index, label in enumerate(CLASS_NAMES):
+        for path in sorted((folder / label).glob("*")) if (folder / label).is_dir() else []:
+            if path.is_file():
+                try:
+                    inspect_image(path)
+                except UndecodableImageError as error:
+                    raise AgegapError(f"{path}: {error}") from None
+                paths.append(path)
+                labels.append(float(index))
+    if not paths:
+        raise AgegapError(f"{folder}: no images in {folder}/old/ or {folder}/young/")
+    images = load_many(paths, image_size)
+    return ImageSet(images, np.asarray(labels, np.float32), tuple(str(p) for p in paths))
+
+
+def training_batches(
+    data: ImageSet, batch_size: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless shuffled batches, one reshuffled pass after another.
+
+    Like Keras 2's ``flow_from_directory``, an "epoch" of ``steps_per_epoch`` batches
+    continues where the last one stopped, so with the blog's 1,200 images per epoch
+    two epochs see all 2,400. The order depends on ``seed`` alone.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data))
+    position = 0
+    while True:
+        if position + batch_size > len(order):
+            rest = order[position:]
+            order = np.concatenate([rest, rng.permutation(len(data))])
+            position = 0
+        chosen = order[position : position + batch_size]
+        position += batch_size
+        yield data.images[chosen], data.labels[chosen]

@@ -1,0 +1,78 @@
+"""The blog's convolutional network, built from the flat hyperparameters.
+
+Blocks of Conv2D -> activation -> MaxPool(2), then Flatten -> Dense -> ReLU ->
+Dropout -> Dense(1, sigmoid). The input is the raw uint8 image: augmentation and
+``Rescaling(1/255)`` live inside the model, so training, validation, test and
+``agegap predict`` cannot disagree on preprocessing (the blog's test generator forgot
+``rescale``, which is where its test losses of 1.4 to 2.7 came from).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from agegap.augment import BlogAugmentation
+from agegap.errors import AgegapError
+from agegap.params import Params
+
+
+def _activation(params: Params, name: str) -> keras.layers.Layer:
+    if params.activation == "prelu":
+        # One slope per channel, shared across space: unshared, the first PReLU alone
+        # would add 100*100*32 = 320,000 weights.
+        return layers.PReLU(shared_axes=[1, 2], name=name)
+    if params.activation == "leaky_relu":
+        return layers.LeakyReLU(negative_slope=params.leaky_relu_slope, name=name)
+    return layers.ReLU(name=name)
+
+
+def build_model(params: Params) -> keras.Model:
+    """The network for ``params``, uncompiled; its input is ``(size, size, 3)`` uint8."""
+    size = params.image_size
+    inputs = keras.Input(shape=(size, size, 3), dtype="uint8", name="image")
+    x = BlogAugmentation(
+        shear_degrees=params.augment_shear_degrees,
+        zoom=params.augment_zoom,
+        flip=params.augment_flip,
+        seed=params.seed,
+        name="augmentation",
+    )(inputs)
+    x = layers.Rescaling(1.0 / 255, name="rescaling")(x)
+    for block, filters in enumerate(params.conv_filters, start=1):
+        x = layers.Conv2D(
+            filters, params.kernel_size, padding=params.padding, name=f"conv{block}"
+        )(x)
+        x = _activation(params, f"conv{block}_{params.activation}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(params.dense_units, name="dense")(x)
+    x = layers.ReLU(name="dense_relu")(x)
+    x = layers.Dropout(params.dropout, seed=params.seed, name="dropout")(x)
+    # float32 output: a sigmoid and a log-loss in bfloat16 lose too many digits.
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_young")(x)
+    return keras.Model(inputs, outputs, name="agegap_cnn")
+
+
+def make_optimizer(params: Params) -> keras.optimizers.Optimizer:
+    """The named optimizer at ``learning_rate`` (Keras' defaults otherwise, as the blog)."""
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "rmsprop": keras.optimizers.RMSprop,
+        "sgd": keras.optimizers.SGD,
+    }
+    return optimizers[params.optimizer](learning_rate=params.learning_rate)
+
+
+def load_trained_model(path: Path | str) -> keras.Model:
+    """Load a ``.keras`` file written by the train stage, with a one-line error if it can't."""
+    path = Path(path)
+    if not path.is_file():
+        raise AgegapError(f"{path}: no such model file; run `dvc repro train` first")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a damaged file
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise AgegapError(f"{path}: not a loadable Keras model ({reason})") from None

@@ -1,0 +1,214 @@
+"""One typed, validated view of ``params.yaml``.
+
+Every stage reads its hyperparameters through :func:`load_params`, so names, types,
+allowed values and error messages agree everywhere, and a bad ``dvc exp run -S``
+fails before any work starts, with one line naming the key, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agegap.errors import AgegapError
+
+PARAMS_FILE = Path("params.yaml")
+
+SPLIT_STRATEGIES = ("identity", "image")
+PADDINGS = ("same", "valid")
+ACTIVATIONS = ("relu", "prelu", "leaky_relu")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+@dataclass(frozen=True)
+class Params:
+    """All hyperparameters, flat like ``params.yaml``; defaults are the blog's best recipe."""
+
+    # data
+    data_url: str = (
+        "http://www.ivl.disco.unimib.it/wp-content/uploads/2016/09/LAGdataset_100.zip"
+    )
+    data_sha256: str = ""
+    image_size: int = 100
+    # split
+    split_strategy: str = "identity"
+    split_seed: int = 0
+    train_per_class: int = 1200
+    validation_per_class: int = 600
+    test_per_class: int = 110
+    # model
+    conv_filters: tuple[int, ...] = (32, 32, 64)
+    kernel_size: int = 5
+    padding: str = "same"
+    activation: str = "relu"
+    leaky_relu_slope: float = 0.001
+    dense_units: int = 64
+    dropout: float = 0.1
+    # training
+    optimizer: str = "adam"
+    learning_rate: float = 0.001
+    batch_size: int = 16
+    epochs: int = 100
+    train_images_per_epoch: int = 1200
+    seed: int = 0
+    augment_shear_degrees: float = 0.2
+    augment_zoom: float = 0.2
+    augment_flip: bool = True
+    precision: str = "auto"
+    deterministic: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _fail(key: str, value: object, allowed: str) -> AgegapError:
+    return AgegapError(f"params.yaml: {key}={value!r} is invalid: expected {allowed}")
+
+
+def _as_int(key: str, value: object, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(key, value, "an integer" + (f" >= {minimum}" if minimum is not None else ""))
+    if minimum is not None and value < minimum:
+        raise _fail(key, value, f"an integer >= {minimum}")
+    return value
+
+
+def _as_float(key: str, value: object, low: float, high: float, *, high_open: bool) -> float:
+    interval = f"a number in [{low}, {high}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise _fail(key, value, interval)
+    if value < low or value > high or (high_open and value == high):
+        raise _fail(key, value, interval)
+    return float(value)
+
+
+def _as_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _fail(key, value, "one of " + ", ".join(choices))
+    return str(value)
+
+
+def _as_bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, value, "true or false")
+    return value
+
+
+def _as_str(key: str, value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _fail(key, value, "a string")
+    return value
+
+
+def _as_filters(key: str, value: object) -> tuple[int, ...]:
+    allowed = "a non-empty list of positive integers, e.g. [32, 32, 64]"
+    if not isinstance(value, list | tuple) or not value:
+        raise _fail(key, value, allowed)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise _fail(key, value, allowed)
+    return tuple(value)
+
+
+def _as_sha256(key: str, value: object) -> str:
+    text = _as_str(key, value).strip().lower()
+    if text and (len(text) != 64 or any(c not in "0123456789abcdef" for c in text)):
+        raise _fail(key, value, "64 hexadecimal digits, or '' to skip the check")
+    return text
+
+
+_VALIDATORS: dict[str, Any] = {
+    "data_url": lambda k, v: _as_str(k, v).strip() or _raise(_fail(k, v, "a URL or a path")),
+    "data_sha256": _as_sha256,
+    "image_size": lambda k, v: _as_int(k, v, 8),
+    "split_strategy": lambda k, v: _as_choice(k, v, SPLIT_STRATEGIES),
+    "split_seed": lambda k, v: _as_int(k, v, 0),
+    "train_per_class": lambda k, v: _as_int(k, v, 1),
+    "validation_per_class": lambda k, v: _as_int(k, v, 1),
+    "test_per_class": lambda k, v: _as_int(k, v, 1),
+    "conv_filters": _as_filters,
+    "kernel_size": lambda k, v: _as_int(k, v, 1),
+    "padding": lambda k, v: _as_choice(k, v, PADDINGS),
+    "activation": lambda k, v: _as_choice(k, v, ACTIVATIONS),
+    "leaky_relu_slope": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=True),
+    "dense_units": lambda k, v: _as_int(k, v, 1),
+    "dropout": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=True),
+    "optimizer": lambda k, v: _as_choice(k, v, OPTIMIZERS),
+    "learning_rate": lambda k, v: _as_float(k, v, 1e-12, 10.0, high_open=False),
+    "batch_size": lambda k, v: _as_int(k, v, 1),
+    "epochs": lambda k, v: _as_int(k, v, 1),
+    "train_images_per_epoch": lambda k, v: _as_int(k, v, 0),
+    "seed": lambda k, v: _as_int(k, v, 0),
+    "augment_shear_degrees": lambda k, v: _as_float(k, v, 0.0, 89.0, high_open=False),
+    "augment_zoom": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=True),
+    "augment_flip": _as_bool,
+    "precision": lambda k, v: _as_choice(k, v, PRECISIONS),
+    "deterministic": _as_bool,
+}
+
+
+def _raise(error: Exception) -> Any:
+    raise error
+
+
+def params_from_dict(raw: dict[str, Any], *, source: str = "params.yaml") -> Params:
+    """Validate a flat mapping of hyperparameters; unknown keys are kept in ``extra``."""
+    values: dict[str, Any] = {}
+    for key, validate in _VALIDATORS.items():
+        if key in raw:
+            try:
+                values[key] = validate(key, raw[key])
+            except AgegapError as error:
+                raise AgegapError(str(error).replace("params.yaml", source, 1)) from None
+    extra = {k: v for k, v in raw.items() if k not in _VALIDATORS}
+    params = Params(**values, extra=extra)
+    _check_architecture(params)
+    return params
+
+
+def _check_architecture(params: Params) -> None:
+    """Refuse a network whose feature maps would shrink to nothing before training starts."""
+    side = params.image_size
+    for depth, _ in enumerate(params.conv_filters, start=1):
+        if params.padding == "valid":
+            side -= params.kernel_size - 1
+        if side < 1:
+            raise AgegapError(
+                f"params.yaml: kernel_size={params.kernel_size} with padding='valid' and "
+                f"{len(params.conv_filters)} conv blocks shrinks a {params.image_size}px image "
+                f"to nothing at block {depth}: use a smaller kernel, padding 'same' or fewer blocks"
+            )
+        side //= 2
+        if side < 1:
+            raise AgegapError(
+                f"params.yaml: conv_filters={list(params.conv_filters)} has too many blocks for "
+                f"image_size={params.image_size}: each block halves the image"
+            )
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml`` (a missing key takes its default)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AgegapError(f"{path}: no such parameters file") from None
+    except yaml.YAMLError as error:
+        first_line = str(error).splitlines()[0] if str(error) else "syntax error"
+        raise AgegapError(f"{path}: not valid YAML: {first_line}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise AgegapError(f"{path}: expected a mapping of flat keys, got {type(raw).__name__}")
+    return params_from_dict(raw, source=str(path))
+
+
+def param_names() -> tuple[str, ...]:
+    """Names of all known hyperparameters, in ``params.yaml`` order."""
+    return tuple(f.name for f in dataclasses.fields(Params) if f.name != "extra")

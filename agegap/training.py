@@ -1,0 +1,158 @@
+"""One training run: the blog's ``fit`` with its best-epoch checkpoint, logged by DVCLive.
+
+The model kept is the epoch with the highest ``val_accuracy``, as the blog's
+``ModelCheckpoint(monitor='val_acc', save_best_only=True)`` did. Keras only *warns*
+about a monitor name it does not know and then saves every epoch, so the name is
+checked here against the metrics the model really logs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from agegap.dataset import ImageSet, training_batches
+from agegap.errors import AgegapError
+from agegap.model import build_model, make_optimizer
+from agegap.params import Params
+
+MONITOR = "val_accuracy"
+VALIDATION_BATCH = 256
+
+
+@dataclass
+class TrainingResult:
+    """What the run did: the best epoch, its scores, and how fast it went."""
+
+    best_epoch: int
+    best_val_accuracy: float
+    best_val_loss: float
+    train_accuracy_at_best: float
+    train_loss_at_best: float
+    epochs: int
+    steps_per_epoch: int
+    seconds_per_epoch: float
+    train_images_per_second: float
+    history: dict[str, list[float]] = field(repr=False)
+
+    def metrics(self) -> dict[str, Any]:
+        """The scalar part, for ``train_metrics.json``."""
+        return {k: v for k, v in asdict(self).items() if k != "history"}
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch's training part and of the whole epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_seconds: list[float] = []
+        self.epoch_seconds: list[float] = []
+        self._epoch_start = 0.0
+        self._train_end = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_start = time.perf_counter()
+        self._train_end = 0.0
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if not self._train_end:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        now = time.perf_counter()
+        self.train_seconds.append((self._train_end or now) - self._epoch_start)
+        self.epoch_seconds.append(now - self._epoch_start)
+
+
+class _CheckMonitor(keras.callbacks.Callback):
+    """Fail at the first epoch if ``MONITOR`` is not among the logged metrics."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == 0 and MONITOR not in (logs or {}):
+            raise AgegapError(
+                f"checkpoint monitor {MONITOR!r} is not a logged metric "
+                f"(logged: {sorted(logs or {})}); the best epoch cannot be kept"
+            )
+
+
+class DVCLiveMetrics(keras.callbacks.Callback):
+    """DVCLive's Keras callback, minus its ``import tensorflow``.
+
+    ``dvclive.keras.DVCLiveCallback`` subclasses ``tf.keras.callbacks.Callback``, which
+    does not exist under ``KERAS_BACKEND=jax`` on a machine without TensorFlow; this
+    logs the same ``train/<metric>`` and ``eval/<metric>`` series through ``Live``.
+    """
+
+    def __init__(self, live: Any) -> None:
+        super().__init__()
+        self.live = live
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for name, value in sorted((logs or {}).items()):
+            if name == "learning_rate":
+                continue
+            split, metric = ("eval", name[4:]) if name.startswith("val_") else ("train", name)
+            self.live.log_metric(f"{split}/{metric}", float(value))
+        self.live.next_step()
+
+
+def steps_per_epoch(params: Params, train_size: int) -> int:
+    """Batches per epoch: ``train_images_per_epoch`` images (0 = the whole split)."""
+    images = params.train_images_per_epoch or train_size
+    return max(1, math.ceil(images / params.batch_size))
+
+
+def train_model(
+    params: Params,
+    train: ImageSet,
+    validation: ImageSet,
+    model_path: Path,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    *,
+    verbose: int = 2,
+    jit_compile: bool | str = "auto",
+) -> TrainingResult:
+    """Train a fresh model; the best epoch's model is saved at ``model_path`` (.keras)."""
+    model = build_model(params)
+    model.compile(
+        optimizer=make_optimizer(params),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    steps = steps_per_epoch(params, len(train))
+    timer = _EpochTimer()
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(model_path), monitor=MONITOR, mode="max", save_best_only=True, verbose=0
+    )
+    history = model.fit(
+        training_batches(train, params.batch_size, params.seed),
+        steps_per_epoch=steps,
+        epochs=params.epochs,
+        validation_data=(validation.images, validation.labels),
+        validation_batch_size=VALIDATION_BATCH,
+        callbacks=[_CheckMonitor(), checkpoint, timer, *(callbacks or [])],
+        verbose=verbose,
+    ).history
+    scores = np.asarray(history[MONITOR])
+    best = int(np.argmax(scores))  # the first of equal maxima, as save_best_only keeps
+    later = timer.epoch_seconds[1:] or timer.epoch_seconds  # epoch 1 also compiles
+    later_train = timer.train_seconds[1:] or timer.train_seconds
+    return TrainingResult(
+        best_epoch=best + 1,
+        best_val_accuracy=float(scores[best]),
+        best_val_loss=float(history["val_loss"][best]),
+        train_accuracy_at_best=float(history["accuracy"][best]),
+        train_loss_at_best=float(history["loss"][best]),
+        epochs=params.epochs,
+        steps_per_epoch=steps,
+        seconds_per_epoch=float(np.mean(later)),
+        train_images_per_second=float(steps * params.batch_size / np.mean(later_train)),
+        history={k: [float(v) for v in vs] for k, vs in history.items()},
+    )

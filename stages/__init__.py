@@ -1,0 +1,5 @@
+"""DVC stages, one module each, named after the stage in ``dvc.yaml``.
+
+Each module exposes a plain function named after its stage (what the tests call)
+and a ``main()`` that ``dvc.yaml`` runs as ``python -m stages.<name>``.
+"""

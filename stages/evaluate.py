@@ -1,0 +1,122 @@
+"""``evaluate`` stage: the kept model on the test split.
+
+Writes ``metrics.json`` (accuracy, loss, precision, recall, F1, ROC AUC, number of
+test images, best epoch) and, under ``plots/evaluate/``, the data of the confusion
+matrix, ROC and precision-recall curves, and a gallery of the misclassified faces.
+"""
+
+from __future__ import annotations
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+from agegap.atomic import atomic_dir, write_json  # noqa: E402
+from agegap.dataset import ImageSet, load_split  # noqa: E402
+from agegap.errors import AgegapError, exits_cleanly  # noqa: E402
+from agegap.model import load_trained_model  # noqa: E402
+from agegap.params import Params, load_params  # noqa: E402
+from agegap.scoring import label_names, predict_probabilities, score_predictions  # noqa: E402
+from stages.train import MODEL_PATH, TRAIN_METRICS  # noqa: E402
+
+METRICS_PATH = Path("metrics.json")
+PLOTS_DIR = Path("plots/evaluate")
+GALLERY_MAX = 40
+
+
+def evaluate(params: Params, root: Path = Path(".")) -> dict[str, Any]:
+    """Score ``models/model.keras`` on the test split; write metrics and plots."""
+    model = load_trained_model(root / MODEL_PATH)
+    test = load_split("test", params.image_size, root)
+    probabilities = predict_probabilities(model, test.images)
+    scores = score_predictions(test.labels, probabilities)
+    metrics: dict[str, Any] = {
+        "accuracy": scores.accuracy,
+        "loss": scores.loss,
+        "precision": scores.precision,
+        "recall": scores.recall,
+        "f1": scores.f1,
+        "roc_auc": scores.roc_auc,
+        "n_test": scores.n_images,
+        "best_epoch": _best_epoch(root),
+    }
+    with atomic_dir(root / PLOTS_DIR) as staging:
+        _write_curves(test, probabilities, staging)
+        _gallery(test, probabilities, staging / "misclassified.png")
+    write_json(root / METRICS_PATH, metrics)
+    return metrics
+
+
+def _best_epoch(root: Path) -> int | None:
+    path = root / TRAIN_METRICS
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["best_epoch"])
+    except (ValueError, KeyError, TypeError):
+        raise AgegapError(f"{path}: no best_epoch in it; re-run the train stage") from None
+
+
+def _write_curves(test: ImageSet, probabilities: np.ndarray, folder: Path) -> None:
+    labels = test.labels.astype(int)
+    predicted = (probabilities >= 0.5).astype(int)
+    pd.DataFrame(
+        {"actual": label_names(labels), "predicted": label_names(predicted)}
+    ).to_csv(folder / "confusion.csv", index=False)
+    if len(np.unique(labels)) == 2:
+        fpr, tpr, _ = skm.roc_curve(labels, probabilities)
+        precision, recall, _ = skm.precision_recall_curve(labels, probabilities)
+    else:  # a one-class test set has no curve; keep the files so DVC's outputs exist
+        fpr, tpr, precision, recall = [np.array([])] * 4
+    pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(folder / "roc.csv", index=False)
+    pd.DataFrame({"recall": recall, "precision": precision}).to_csv(
+        folder / "precision_recall.csv", index=False
+    )
+
+
+def _gallery(test: ImageSet, probabilities: np.ndarray, target: Path) -> None:
+    """The misclassified test faces, worst first, titled with truth and P(young)."""
+    labels = test.labels.astype(int)
+    wrong = np.flatnonzero((probabilities >= 0.5).astype(int) != labels)
+    confidence = np.abs(probabilities[wrong] - 0.5)
+    wrong = wrong[np.argsort(-confidence, kind="stable")][:GALLERY_MAX]
+    columns = 8
+    rows = max(1, int(np.ceil(len(wrong) / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.9), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, wrong, strict=False):
+        axis.imshow(test.images[index])
+        axis.set_title(
+            f"true {label_names([labels[index]])[0]}\nP(young)={probabilities[index]:.2f}",
+            fontsize=8,
+        )
+    if not len(wrong):
+        axes[0][0].set_title("no misclassified test image", fontsize=9)
+    figure.suptitle(f"{len(wrong)} misclassified test images (most confident first)")
+    figure.tight_layout()
+    figure.savefig(target, dpi=70)
+    plt.close(figure)
+
+
+@exits_cleanly
+def main() -> None:
+    metrics = evaluate(load_params())
+    print(
+        f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
+        f"ROC AUC {metrics['roc_auc']:.4f} on {metrics['n_test']} images -> {METRICS_PATH}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()

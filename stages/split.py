@@ -1,0 +1,98 @@
+"""``split`` stage: ``data/raw`` dealt into ``data/split/{train,validation,test}/{old,young}``.
+
+The folders are the blog's layout, browsable by eye (hard links to ``data/raw``,
+copies where links are not possible); ``manifest.csv`` records every decoded image's
+split and ``report.json`` the counts and any leak between splits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from agegap.atomic import atomic_dir, write_json
+from agegap.errors import AgegapError, exits_cleanly
+from agegap.lag import read_manifest
+from agegap.params import Params, load_params
+from agegap.splitting import SPLITS, UNUSED, Quotas, assign_splits, split_report
+
+RAW_DIR = Path("data/raw")
+SPLIT_DIR = Path("data/split")
+SPLIT_MANIFEST_COLUMNS = ["split", "label", "identity", "split_path", "path", "sha256"]
+
+
+def split(params: Params, root: Path = Path(".")) -> dict[str, Any]:
+    """Split the decoded images of ``root/data/raw`` and write ``root/data/split``."""
+    raw_manifest = root / RAW_DIR / "manifest.csv"
+    if not raw_manifest.is_file():
+        raise AgegapError(f"{raw_manifest}: missing; run the download stage first")
+    manifest = read_manifest(raw_manifest)
+    quotas = Quotas(params.train_per_class, params.validation_per_class, params.test_per_class)
+    assigned = assign_splits(manifest, params.split_strategy, quotas, params.split_seed)
+    assigned["split_path"] = [
+        _split_path(row.split, row.label, row.identity, row.path) if row.split != UNUSED else ""
+        for row in assigned.itertuples()
+    ]
+    report = split_report(assigned, quotas, params.split_strategy, params.split_seed)
+    with atomic_dir(root / SPLIT_DIR) as staging:
+        for split_name in SPLITS:
+            for label in ("old", "young"):
+                (staging / split_name / label).mkdir(parents=True)
+        for row in assigned[assigned["split"] != UNUSED].itertuples():
+            _link_or_copy(root / RAW_DIR / row.path, staging / row.split_path)
+        ordered = assigned.sort_values(["split", "label", "split_path", "path"], kind="stable")
+        ordered[SPLIT_MANIFEST_COLUMNS].to_csv(
+            staging / "manifest.csv", index=False, encoding="utf-8", lineterminator="\n"
+        )
+        write_json(staging / "report.json", report)
+    return report
+
+
+def _split_path(split_name: str, label: str, identity: str, raw_path: str) -> str:
+    """``<split>/<label>/<identity>__<file>``: unique, and tells whose photo it is."""
+    return f"{split_name}/{label}/{identity}__{PurePosixPath(raw_path).name}"
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def read_split(root: Path = Path(".")) -> pd.DataFrame:
+    """The split manifest, with the images' paths relative to ``root``."""
+    path = root / SPLIT_DIR / "manifest.csv"
+    if not path.is_file():
+        raise AgegapError(f"{path}: missing; run the split stage first")
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+
+
+@exits_cleanly
+def main() -> None:
+    report = split(load_params())
+    counts = report["counts"]
+    summary = ", ".join(
+        f"{name} {counts[name]['old']}+{counts[name]['young']}" for name in SPLITS
+    )
+    print(
+        f"split ({report['strategy']}, seed {report['seed']}): {summary} (old+young); "
+        f"{report['identities_shared_between_splits']} identities shared between splits "
+        f"-> {SPLIT_DIR}/",
+        file=sys.stderr,
+    )
+    if report["test_short_of_quota"]:
+        print(
+            f"  note: test has fewer than test_per_class={report['requested_per_class']['test']}"
+            " per class: it took what remained",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    main()

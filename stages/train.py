@@ -1,0 +1,75 @@
+"""``train`` stage: the blog's CNN on ``data/split/train``, best epoch kept.
+
+Outputs: ``models/model.keras`` (the epoch with the best validation accuracy),
+``train_metrics.json`` (best epoch, its scores, seconds per epoch), DVCLive curves in
+``dvclive/`` and TensorBoard logs in ``logs/``.
+"""
+
+from __future__ import annotations
+
+import importlib.util  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import keras  # noqa: E402
+
+from agegap.atomic import atomic_path, write_json  # noqa: E402
+from agegap.dataset import load_split  # noqa: E402
+from agegap.errors import exits_cleanly  # noqa: E402
+from agegap.params import Params, load_params  # noqa: E402
+from agegap.runtime import configure  # noqa: E402
+from agegap.training import DVCLiveMetrics, train_model  # noqa: E402
+
+MODEL_PATH = Path("models/model.keras")
+TRAIN_METRICS = Path("train_metrics.json")
+DVCLIVE_DIR = Path("dvclive")
+TENSORBOARD_DIR = Path("logs")
+
+
+def train(params: Params, root: Path = Path("."), *, verbose: int = 2) -> dict[str, Any]:
+    """Train on ``root/data/split`` and write the model, metrics and logs under ``root``."""
+    from dvclive import Live
+
+    settings = configure(params)
+    train_set = load_split("train", params.image_size, root)
+    validation_set = load_split("validation", params.image_size, root)
+    print(
+        f"train: {len(train_set)} training and {len(validation_set)} validation images; "
+        f"backend {settings['backend']} on {settings['device']}, {settings['precision']}",
+        file=sys.stderr,
+    )
+    shutil.rmtree(root / TENSORBOARD_DIR, ignore_errors=True)
+    with atomic_path(root / MODEL_PATH) as staged_model, Live(
+        dir=str(root / DVCLIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None
+    ) as live:
+        callbacks: list[keras.callbacks.Callback] = [DVCLiveMetrics(live)]
+        if importlib.util.find_spec("tensorflow") is not None:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(root / TENSORBOARD_DIR)))
+        result = train_model(
+            params,
+            train_set,
+            validation_set,
+            staged_model,
+            callbacks,
+            verbose=verbose,
+        )
+    metrics = {**result.metrics(), **settings}
+    write_json(root / TRAIN_METRICS, metrics)
+    return metrics
+
+
+@exits_cleanly
+def main() -> None:
+    metrics = train(load_params())
+    print(
+        f"train: best epoch {metrics['best_epoch']}/{metrics['epochs']}, "
+        f"val_accuracy {metrics['best_val_accuracy']:.4f}, "
+        f"{metrics['seconds_per_epoch']:.2f} s/epoch -> {MODEL_PATH}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
