@@ -138,6 +138,7 @@ def train_model(
         validation_data=(validation.images, validation.labels),
         validation_batch_size=VALIDATION_BATCH,
         callbacks=[_CheckMonitor(), checkpoint, timer, *(callbacks or [])],
+        shuffle=False,  # the stream shuffles, reproducibly
         verbose=verbose,
     ).history
     scores = np.asarray(history[MONITOR])

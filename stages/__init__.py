@@ -3,3 +3,5 @@
 Each module exposes a plain function named after its stage (what the tests call)
 and a ``main()`` that ``dvc.yaml`` runs as ``python -m stages.<name>``.
 """
+
+import agegap  # noqa: F401  - sets TensorFlow's log level before any stage imports Keras

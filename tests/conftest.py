@@ -1,0 +1,119 @@
+"""Shared fixtures: synthetic archives, temporary copies of the project, the real archive."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.synthetic import SyntheticArchive, make_archive
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_ARCHIVE = REPO.parent / "shared" / "datasets" / "LAGdataset_100.zip"
+
+# Small and fast: 32-pixel images, a few images per split, float32 for exact repeats.
+FAST_PARAMS: dict[str, Any] = {
+    "image_size": 32,
+    "train_per_class": 20,
+    "validation_per_class": 10,
+    "test_per_class": 10,
+    "conv_filters": [8, 8, 16],
+    "kernel_size": 3,
+    "dense_units": 16,
+    "batch_size": 8,
+    "epochs": 3,
+    "train_images_per_epoch": 0,
+    "precision": "float32",
+}
+
+
+def venv_bin() -> Path:
+    """The folder of the running interpreter's scripts (dvc, prefect) for subprocesses."""
+    return Path(sys.executable).parent
+
+
+def project_env() -> dict[str, str]:
+    """Environment for a subprocess that runs the project's commands."""
+    env = dict(os.environ)
+    env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
+    )
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("GIT_AUTHOR_NAME", "agegap tests")
+    env.setdefault("GIT_AUTHOR_EMAIL", "tests@agegap.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", "agegap tests")
+    env.setdefault("GIT_COMMITTER_EMAIL", "tests@agegap.invalid")
+    return env
+
+
+def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command in ``cwd`` with the project on the path; output captured as text."""
+    result = subprocess.run(
+        args, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def write_params(folder: Path, **overrides: Any) -> dict[str, Any]:
+    """Rewrite ``folder/params.yaml`` with ``overrides`` (keys must already exist)."""
+    path = folder / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    unknown = set(overrides) - set(params)
+    assert not unknown, f"unknown params {unknown}"
+    params.update(overrides)
+    path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return params
+
+
+@pytest.fixture
+def synthetic_zip(tmp_path: Path) -> SyntheticArchive:
+    """A synthetic LAG zip with all the quirks (see tests/synthetic.py)."""
+    return make_archive(tmp_path / "archives" / "LAGdataset_100.zip")
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> Callable[..., Path]:
+    """A function that copies the project (tracked files) into a fresh git repo.
+
+    ``make_project(archive, **params)`` points ``data_url`` at ``archive``, applies
+    FAST_PARAMS and ``params``, and commits, so ``dvc repro`` and ``dvc exp run`` work.
+    """
+
+    def make(archive: Path, name: str = "project", **params: Any) -> Path:
+        folder = tmp_path / name
+        tracked = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.split("\0")
+        for relative in filter(None, tracked):
+            source = REPO / relative
+            if source.is_file():
+                target = folder / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+        write_params(folder, data_url=str(archive), **{**FAST_PARAMS, **params})
+        run(["git", "init", "-q", "-b", "main"], folder)
+        run(["git", "add", "-A"], folder)
+        run(["git", "commit", "-q", "-m", "test project"], folder)
+        return folder
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def real_archive() -> Path:
+    """The real LAG archive, or a skip that says where it was looked for."""
+    if not REAL_ARCHIVE.is_file():
+        pytest.skip(f"the real LAG archive is not at {REAL_ARCHIVE} (licensed; not in the repo)")
+    return REAL_ARCHIVE
