@@ -20,6 +20,8 @@ from tqdm import tqdm
 from agegap.errors import AgegapError
 
 CHUNK_BYTES = 1 << 20
+RETRIES = 3
+BACKOFF_S = 1.0  # then 2 s, 4 s: an offline machine hears back in about 7 s
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 
@@ -68,8 +70,8 @@ def download(
     url: str,
     destination: Path,
     *,
-    retries: int = 4,
-    backoff_s: float = 2.0,
+    retries: int | None = None,
+    backoff_s: float | None = None,
     session: requests.Session | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Path:
@@ -80,6 +82,8 @@ def download(
     (HTTP Range) and starts over where the server does not allow it.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
+    retries = RETRIES if retries is None else retries
+    backoff_s = BACKOFF_S if backoff_s is None else backoff_s
     partial = destination.with_name(destination.name + ".part")
     session = session or requests.Session()
     last_error: Exception | None = None
@@ -169,9 +173,14 @@ def obtain_archive(url: str, expected_sha256: str, root: Path, cache_dir: Path) 
         path = cached_download_path(url, cache_dir)
         if not path.exists():
             download(url, path)
-    else:
-        path = local_path(url, root)
-        if not path.is_file():
-            raise AgegapError(f"data_url={url!r}: no such file ({path})")
+        try:
+            verify_sha256(path, expected_sha256, url)
+        except AgegapError:
+            path.unlink()  # a bad download must not be reused: the next run fetches anew
+            raise
+        return path
+    path = local_path(url, root)
+    if not path.is_file():
+        raise AgegapError(f"data_url={url!r}: no such file ({path})")
     verify_sha256(path, expected_sha256, url)
     return path

@@ -28,7 +28,8 @@ FAST_PARAMS: dict[str, Any] = {
     "kernel_size": 3,
     "dense_units": 16,
     "batch_size": 8,
-    "epochs": 3,
+    "epochs": 5,
+    "learning_rate": 0.005,
     "train_images_per_epoch": 0,
     "precision": "float32",
 }
@@ -83,30 +84,34 @@ def synthetic_zip(tmp_path: Path) -> SyntheticArchive:
     return make_archive(tmp_path / "archives" / "LAGdataset_100.zip")
 
 
+def copy_project(folder: Path, archive: Path, **params: Any) -> Path:
+    """Copy the project's tracked files into ``folder`` as a fresh, committed git repo.
+
+    ``data_url`` points at ``archive``; FAST_PARAMS and then ``params`` are applied, so
+    ``dvc repro`` and ``dvc exp run`` work there at once.
+    """
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for relative in filter(None, tracked):
+        source = REPO / relative
+        if source.is_file():
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    write_params(folder, data_url=str(archive), **{**FAST_PARAMS, **params})
+    run(["git", "init", "-q", "-b", "main"], folder)
+    run(["git", "add", "-A"], folder)
+    run(["git", "commit", "-q", "-m", "test project"], folder)
+    return folder
+
+
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Path]:
-    """A function that copies the project (tracked files) into a fresh git repo.
-
-    ``make_project(archive, **params)`` points ``data_url`` at ``archive``, applies
-    FAST_PARAMS and ``params``, and commits, so ``dvc repro`` and ``dvc exp run`` work.
-    """
+    """``make_project(archive, name="project", **params)``: :func:`copy_project` in tmp_path."""
 
     def make(archive: Path, name: str = "project", **params: Any) -> Path:
-        folder = tmp_path / name
-        tracked = subprocess.run(
-            ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.split("\0")
-        for relative in filter(None, tracked):
-            source = REPO / relative
-            if source.is_file():
-                target = folder / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
-        write_params(folder, data_url=str(archive), **{**FAST_PARAMS, **params})
-        run(["git", "init", "-q", "-b", "main"], folder)
-        run(["git", "add", "-A"], folder)
-        run(["git", "commit", "-q", "-m", "test project"], folder)
-        return folder
+        return copy_project(tmp_path / name, archive, **params)
 
     return make
 

@@ -1,0 +1,112 @@
+"""End to end: `dvc repro`, `dvc exp run -S`, `dvc metrics diff` in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import copy_project, run
+from tests.synthetic import make_archive
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic project after one full `dvc repro` (shared by the tests below)."""
+    base = tmp_path_factory.mktemp("pipeline")
+    archive = make_archive(base / "LAGdataset_100.zip", identities=30, per_class=2)
+    folder = copy_project(base / "project", archive.path)
+    result = run(["dvc", "repro"], folder)
+    for stage in ("download", "split", "average_faces", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in result.stdout
+    return folder
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_repro_learns_and_a_second_repro_runs_nothing(project: Path) -> None:
+    metrics = read_json(project / "metrics.json")
+    assert metrics["accuracy"] >= 0.85, metrics  # dark vs bright faces: far above chance
+    assert set(metrics) >= {"accuracy", "loss", "precision", "recall", "f1", "roc_auc",
+                            "n_test", "best_epoch"}
+    assert metrics["n_test"] == 20  # what remains after 2 x (20 + 10)
+    for path in ("models/model.keras", "plots/average_faces/average_faces.png",
+                 "plots/evaluate/misclassified.png", "plots/evaluate/confusion.csv",
+                 "dvclive/plots/metrics/train/accuracy.tsv", "train_metrics.json"):
+        assert (project / path).exists(), path
+    assert any((project / "logs").rglob("*tfevents*"))
+    again = run(["dvc", "repro"], project)
+    assert "Running stage" not in again.stdout
+    assert "up to date" in again.stdout
+
+
+def test_the_kept_model_is_the_best_epochs(project: Path) -> None:
+    from agegap.dataset import load_split
+    from agegap.model import load_trained_model
+    from agegap.params import load_params
+    from agegap.scoring import predict_probabilities, score_predictions
+
+    params = load_params(project / "params.yaml")
+    trained = read_json(project / "train_metrics.json")
+    history = [float(line.split("\t")[-1]) for line in
+               (project / "dvclive/plots/metrics/eval/accuracy.tsv").read_text().splitlines()[1:]]
+    assert trained["best_epoch"] == int(np.argmax(history)) + 1
+    validation = load_split("validation", params.image_size, project)
+    model = load_trained_model(project / "models/model.keras")
+    scores = score_predictions(validation.labels, predict_probabilities(model, validation.images))
+    assert scores.accuracy == pytest.approx(trained["best_val_accuracy"], abs=1e-6)
+    assert scores.accuracy == max(history)
+
+
+def test_retraining_gives_identical_metrics(project: Path) -> None:
+    before = (project / "metrics.json").read_bytes()
+    trained_before = read_json(project / "train_metrics.json")
+    run(["dvc", "repro", "--force", "--single-item", "train"], project)
+    run(["dvc", "repro", "--force", "--single-item", "evaluate"], project)
+    assert (project / "metrics.json").read_bytes() == before
+    trained_after = read_json(project / "train_metrics.json")
+    for key in ("best_epoch", "best_val_accuracy", "best_val_loss", "train_loss_at_best"):
+        assert trained_after[key] == trained_before[key]
+
+
+def test_exp_run_changes_only_training_and_metrics_diff_shows_it(project: Path) -> None:
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "baseline results"], project)
+    result = run(["dvc", "exp", "run", "-S", "dropout=0.3", "-S", "epochs=2"], project)
+    assert "Running stage 'train'" in result.stdout
+    assert "Running stage 'evaluate'" in result.stdout
+    for stage in ("download", "split", "average_faces"):
+        assert f"Running stage '{stage}'" not in result.stdout
+    diff = run(["dvc", "metrics", "diff", "--json"], project)
+    changed = json.loads(diff.stdout)
+    assert "train_metrics.json" in changed or "metrics.json" in changed
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    assert "0.3" in json.dumps(shown)
+    plots = json.loads(run(["dvc", "plots", "diff", "--json"], project).stdout)["data"]
+    curves = plots["Training curves"][0]
+    assert set(curves["revisions"]) == {"workspace", "HEAD"}
+    assert {"Confusion matrix", "ROC", "Precision-recall"} <= set(plots)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("activation=swishy", "activation='swishy' is invalid"),
+        ("dropout=1.5", "dropout=1.5 is invalid"),
+        ("kernel_size=0", "kernel_size=0 is invalid"),
+        ("conv_filters=[]", "conv_filters=[] is invalid"),
+    ],
+)
+def test_invalid_values_fail_before_training(project: Path, override: str, expected: str) -> None:
+    result = run(["dvc", "exp", "run", "-S", override], project, check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert expected in output
+    assert "Epoch 1/" not in output
+    run(["git", "checkout", "--", "params.yaml"], project)

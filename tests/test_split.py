@@ -1,0 +1,88 @@
+"""The split stage: exact counts, no leaks, determinism, clear refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from agegap.errors import AgegapError
+from agegap.params import Params
+from stages.download import download
+from stages.split import SPLIT_DIR, split
+
+QUOTAS = {"train_per_class": 20, "validation_per_class": 10, "test_per_class": 10}
+
+
+@pytest.fixture
+def raw_root(tmp_path: Path, synthetic_zip) -> Path:
+    download(Params(data_url=str(synthetic_zip.path)), tmp_path)
+    return tmp_path
+
+
+def manifest_of(root: Path) -> pd.DataFrame:
+    return pd.read_csv(root / SPLIT_DIR / "manifest.csv", dtype=str, keep_default_na=False)
+
+
+@pytest.mark.parametrize("strategy", ["identity", "image"])
+def test_counts_layout_and_no_leaks(raw_root: Path, strategy: str) -> None:
+    report = split(Params(split_strategy=strategy, **QUOTAS), raw_root)
+    assert report["counts"]["train"] == {"old": 20, "young": 20}
+    assert report["counts"]["validation"] == {"old": 10, "young": 10}
+    assert report["duplicate_images_shared_between_splits"] == 0
+    manifest = manifest_of(raw_root)
+    used = manifest[manifest["split"] != "unused"]
+    for row in used.itertuples():
+        assert (raw_root / SPLIT_DIR / row.split_path).is_file()
+        assert row.split_path.startswith(f"{row.split}/{row.label}/")
+    # copies of one image never sit in two splits
+    assert (used.groupby("sha256")["split"].nunique() == 1).all()
+    on_disk = {p.relative_to(raw_root / SPLIT_DIR).as_posix()
+               for p in (raw_root / SPLIT_DIR).glob("*/*/*")}
+    assert on_disk == set(used["split_path"])
+    if strategy == "identity":
+        assert report["identities_shared_between_splits"] == 0
+        assert (used.groupby("identity")["split"].nunique() == 1).all()
+    saved = json.loads((raw_root / SPLIT_DIR / "report.json").read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(report))
+
+
+def test_test_split_takes_what_remains_and_reports_it(raw_root: Path) -> None:
+    report = split(Params(split_strategy="image", **{**QUOTAS, "test_per_class": 100}), raw_root)
+    assert report["test_short_of_quota"] is True
+    # synthetic: 49 old and 48 young decoded; 30 of each are in train + validation
+    assert report["counts"]["test"] == {"old": 19, "young": 18}
+
+
+def test_same_params_give_a_byte_identical_manifest(raw_root: Path) -> None:
+    split(Params(**QUOTAS, split_seed=3), raw_root)
+    first = (raw_root / SPLIT_DIR / "manifest.csv").read_bytes()
+    split(Params(**QUOTAS, split_seed=3), raw_root)
+    assert (raw_root / SPLIT_DIR / "manifest.csv").read_bytes() == first
+    split(Params(**QUOTAS, split_seed=4), raw_root)
+    assert (raw_root / SPLIT_DIR / "manifest.csv").read_bytes() != first
+
+
+def test_too_few_images_is_a_clear_error_and_writes_nothing(raw_root: Path) -> None:
+    with pytest.raises(AgegapError, match="too few images for train_per_class=500"):
+        split(Params(train_per_class=500), raw_root)
+    assert not (raw_root / SPLIT_DIR).exists()
+
+
+def test_missing_raw_data_names_the_manifest(tmp_path: Path) -> None:
+    with pytest.raises(AgegapError, match=r"data/raw/manifest\.csv: missing"):
+        split(Params(), tmp_path)
+
+
+def test_real_archive_identity_split_shares_no_identity(tmp_path: Path, real_archive: Path) -> None:
+    download(Params(data_url=str(real_archive)), tmp_path)
+    report = split(Params(split_strategy="identity"), tmp_path)
+    assert report["identities_shared_between_splits"] == 0
+    assert report["duplicate_images_shared_between_splits"] == 0
+    assert report["counts"]["train"] == {"old": 1200, "young": 1200}
+    assert report["counts"]["validation"] == {"old": 600, "young": 600}
+    image = split(Params(split_strategy="image"), tmp_path)
+    assert image["counts"]["test"] == {"old": 108, "young": 108}
+    assert image["duplicate_images_shared_between_splits"] == 0
