@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +25,19 @@ class UndecodableImageError(ValueError):
     """The file is not an image Pillow can fully decode; the message says why."""
 
 
-def inspect_image(path: Path) -> tuple[int, int, str]:
-    """Width, height and mode of a fully decoded image; raises :class:`UndecodableImageError`.
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Map every way Pillow fails on a bad file to one :class:`UndecodableImageError`.
 
-    ``Image.open`` reads only the header, so a truncated PNG passes it; ``load()``
-    decodes every pixel and is what catches truncation.
+    Shared by :func:`inspect_image` (the stages) and :func:`decode_rgb` (``agegap
+    predict``), so a truncated or oversized file gets the same one-line reason in both.
     """
     if path.stat().st_size == 0:
         raise UndecodableImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return image.width, image.height, image.mode
+            yield
     except UnidentifiedImageError:
         raise UndecodableImageError("not an image Pillow recognises") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -47,6 +47,35 @@ def inspect_image(path: Path) -> tuple[int, int, str]:
     except (OSError, SyntaxError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UndecodableImageError(f"cannot decode: {message}") from None
+
+
+def inspect_image(path: Path) -> tuple[int, int, str]:
+    """Width, height and mode of a fully decoded image; raises :class:`UndecodableImageError`.
+
+    ``Image.open`` reads only the header, so a truncated PNG passes it; ``load()``
+    decodes every pixel and is what catches truncation.
+    """
+    with _decoding(path), Image.open(path) as image:
+        image.load()
+        return image.width, image.height, image.mode
+
+
+def decode_rgb(path: Path, *, exif_transpose: bool = True) -> Image.Image:
+    """Fully decode ``path`` (the first frame of a GIF or TIFF) into an upright RGB image.
+
+    For photos from a camera or phone, which store the pixels sideways and the
+    rotation in EXIF: face detection needs the face upright. Raises
+    :class:`UndecodableImageError` with the same reasons as :func:`inspect_image`,
+    after decoding only once.
+    """
+    try:
+        handle = path.open("rb")
+    except OSError as error:  # unreadable, a folder, gone since it was listed
+        raise UndecodableImageError(f"cannot read: {error.strerror or error}") from None
+    with handle, _decoding(path), Image.open(handle) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image) if exif_transpose else image
+        return to_rgb(upright)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -1,0 +1,81 @@
+"""Annotated copies for ``agegap predict --annotate``: each face boxed and labelled.
+
+A user checking a folder of photos wants to see which face got which label, and
+whether the detector boxed a face at all; numbers in a table don't show that.
+Copies are written upright (EXIF rotation applied), so the boxes, whose coordinates
+are those of the upright image, land on the faces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from agegap.predict import FACE_DETECTED, FACE_NONE, Prediction, Source
+
+COLOURS = {"old": (230, 120, 20), "young": (30, 170, 60)}
+# Formats Pillow writes from RGB; anything else is written as PNG.
+WRITABLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def annotated(image: Image.Image, rows: Sequence[Prediction]) -> Image.Image:
+    """A copy of ``image`` with a box and ``label probability`` per face row.
+
+    A row for the whole image (no face) gets its label in the top-left corner and
+    no box, so a copy shows at a glance that no face was found.
+    """
+    copy = image.copy()
+    draw = ImageDraw.Draw(copy)
+    side = min(copy.size)
+    line = max(2, side // 100)
+    font = _font(max(10, side // 25))
+    for row in rows:
+        if row.failed or row.box is None:
+            continue
+        colour = COLOURS.get(row.label, (255, 255, 255))
+        text = f"{row.label} {row.probability:.2f}"
+        if row.face == FACE_DETECTED:
+            x, y, w, h = row.box.as_tuple()
+            draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=line)
+            anchor = (x, max(0, y - getattr(font, "size", 11) - 2 * line))
+        else:
+            text += " (no face found: whole image)" if row.face == FACE_NONE else ""
+            anchor = (line, line)
+        left, top, right, bottom = draw.textbbox(anchor, text, font=font)
+        draw.rectangle((left - line, top - line, right + line, bottom + line), fill=colour)
+        draw.text(anchor, text, fill=(255, 255, 255), font=font)
+    return copy
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled font at ``size`` px (Pillow >= 10.1), else its small bitmap font."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # an older Pillow, or one built without FreeType
+        return ImageFont.load_default()
+
+
+def target_path(out_dir: Path, source: Source) -> Path:
+    """Where the copy goes: ``out_dir`` mirrors the input's layout; never onto the source."""
+    target = out_dir / source.relative
+    if target.suffix.lower() not in WRITABLE_SUFFIXES:
+        target = target.with_name(target.name + ".png")
+    if target.resolve() == source.path.resolve():
+        target = target.with_name(f"{target.stem}.annotated{target.suffix}")
+    return target
+
+
+def write_annotated(
+    image: Image.Image, rows: Sequence[Prediction], out_dir: Path, source: Source
+) -> Path:
+    """Draw and save the annotated copy; returns its path. Raises ``OSError`` on failure."""
+    target = target_path(out_dir, source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    picture = annotated(image, rows)
+    if target.suffix.lower() in {".jpg", ".jpeg"}:
+        picture.save(target, quality=92)
+    else:
+        picture.save(target)
+    return target

@@ -1,0 +1,155 @@
+"""The ``agegap`` command line: argument parsing only; the work is in :mod:`agegap.commands`.
+
+Kept free of TensorFlow imports so that ``agegap --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from agegap import __version__
+from agegap.errors import exits_cleanly
+
+DEFAULT_MODEL = Path("models/model.keras")
+
+_DESCRIPTION = """\
+Tell old from young faces with the model trained by `dvc repro`.
+
+  agegap predict PHOTO_OR_FOLDER...   label each face in photos
+  agegap score FOLDER                 accuracy, loss, confusion matrix and ROC AUC
+                                      on a labelled folder (FOLDER/old, FOLDER/young)
+
+Exit status: 0 when every file was processed, 1 when any file or the model failed
+(the other files are still processed), 2 for a wrong command line.
+"""
+
+_PREDICT_EPILOG = """\
+Formats read: JPEG, PNG, WebP, BMP, GIF (first frame) and TIFF, in any mode (RGBA,
+grayscale, palette, CMYK, 16-bit); EXIF orientation is applied first, and face boxes
+are in pixels of the upright image. Folders are searched recursively for files with
+those extensions. Each face found is cropped with a margin that shows the whole head,
+as the LAG training images do, and resized to the model's input size. A file without
+a detected face is predicted whole, and its row says so. The probability is that of
+the printed label; p_young (JSON, CSV) is the network's output, P(young).
+
+example:
+  agegap predict photos/ --format csv > predictions.csv
+"""
+
+_SCORE_EPILOG = """\
+The numbers come from the same code as the `evaluate` stage (agegap.scoring), so
+`agegap score data/split/test` reproduces metrics.json. A file that cannot be decoded
+is reported on stderr and left out; the exit status is then 1.
+
+example:
+  agegap score data/split/test --json
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``agegap`` and its subcommands (also used to check the help texts)."""
+    parser = argparse.ArgumentParser(
+        prog="agegap",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"agegap {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    predict = commands.add_parser(
+        "predict",
+        help="label the faces in photos as old or young",
+        description="Label every face in the given photos (or the whole photo) as old or young.",
+        epilog=_PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="+",
+        type=Path,
+        help="image files, or folders searched recursively for images",
+    )
+    _model_option(predict)
+    predict.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="output on stdout: an aligned table for reading (default), a JSON array of "
+        "objects, or CSV with a header; one row per face, or per failed file",
+    )
+    predict.add_argument(
+        "--no-detect-faces",
+        dest="detect_faces",
+        action="store_false",
+        help="do not look for faces; predict on each whole image, resized (use for "
+        "images that are already face crops, like LAG's)",
+    )
+    predict.add_argument(
+        "--annotate",
+        metavar="OUT_DIR",
+        type=Path,
+        help="also write a copy of each image with its face boxes and labels drawn into "
+        "OUT_DIR, mirroring the input names (created if missing)",
+    )
+
+    score = commands.add_parser(
+        "score",
+        help="score the model on a labelled folder (DIR/old, DIR/young)",
+        description="Accuracy, loss, precision, recall, F1, confusion matrix and ROC AUC of "
+        "the model on a folder laid out like the split: DIR/old/* and DIR/young/*.",
+        epilog=_SCORE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    score.add_argument(
+        "folder", metavar="DIR", type=Path, help="labelled folder with old/ and young/ inside"
+    )
+    _model_option(score)
+    score.add_argument(
+        "--json",
+        action="store_true",
+        help="print the scores as one JSON object (keys as in metrics.json, plus n_images, "
+        "confusion and the failed files) instead of text",
+    )
+    score.add_argument(
+        "--detect-faces",
+        action="store_true",
+        help="crop each image to its largest detected face (with the head margin) before "
+        "scoring, for uncropped photos; by default each whole image is used, as the "
+        "evaluate stage does",
+    )
+    return parser
+
+
+def _model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help=f"the trained Keras model (default: {DEFAULT_MODEL}, written by `dvc repro`)",
+    )
+
+
+@exits_cleanly
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agegap`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from agegap import commands  # imports Keras: only once the command line is valid
+
+    if args.command == "predict":
+        return commands.predict_command(
+            args.paths,
+            model_path=args.model,
+            output_format=args.format,
+            detect_faces=args.detect_faces,
+            annotate_dir=args.annotate,
+        )
+    return commands.score_command(
+        args.folder, model_path=args.model, as_json=args.json, detect_faces=args.detect_faces
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
