@@ -7,7 +7,14 @@ flip half of the time. Keras 3's ``RandomShear(0.2)`` shears by about ±11 degre
 and ``RandomZoom`` keeps the aspect ratio, so they are another augmentation, and
 they run per image outside XLA (91 images/s on an H100, see issue 6). Here all
 three are folded into one 2x3 matrix per image and applied to the whole batch with
-a single ``keras.ops.image.affine_transform`` call, which compiles with the model.
+a single ``keras.ops.image.affine_transform`` call. On JAX it compiles into the
+model's XLA step; on TensorFlow it is one ``ImageProjectiveTransformV3`` op, which has
+no XLA kernel (so TensorFlow trains without XLA; on a CPU that is also the faster
+choice, see docs/performance.md), about 7 CPU-ms per batch of 16 on a 2-core CPU.
+
+The matrix follows Keras 2.0 as the blog ran it in 2017, in (row, col) order; later
+Keras 2 releases (keras-preprocessing 1.1, ``tf_keras``) swapped the axes, so their
+shear runs along the other axis. tests/test_augment.py compares both, pixel by pixel.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ class BlogAugmentation(keras.layers.Layer):
     def is_identity(self) -> bool:
         return self.shear_degrees == 0 and self.zoom == 0 and not self.flip
 
-    def call(self, images, training: bool = False):  # noqa: ANN001, ANN201 - backend tensors
+    def call(self, images, training: bool = False):
         images = ops.cast(images, self.compute_dtype)
         if not training or self.is_identity:
             return images
@@ -60,7 +67,7 @@ class BlogAugmentation(keras.layers.Layer):
             data_format="channels_last",
         )
 
-    def random_transforms(self, shape):  # noqa: ANN001, ANN201
+    def random_transforms(self, shape):
         """One ``[a0, a1, a2, b0, b1, b2, 0, 0]`` row per image (output -> input pixel)."""
         batch, height, width = shape[0], shape[1], shape[2]
         dtype = self.compute_dtype
@@ -81,7 +88,7 @@ class BlogAugmentation(keras.layers.Layer):
             sign = ops.ones((batch,), dtype=dtype)
         return affine_rows(shear, zoom_rows, zoom_cols, sign, height, width)
 
-    def compute_output_shape(self, input_shape):  # noqa: ANN001, ANN201
+    def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict:
@@ -92,7 +99,7 @@ class BlogAugmentation(keras.layers.Layer):
         return config
 
 
-def affine_rows(shear, zoom_rows, zoom_cols, sign, height, width):  # noqa: ANN001, ANN201
+def affine_rows(shear, zoom_rows, zoom_cols, sign, height, width):
     """Transform rows for ``affine_transform`` from per-image parameters (tensors of shape (n,)).
 
     ``shear`` is in radians, ``sign`` is -1 for a horizontal flip and +1 otherwise.

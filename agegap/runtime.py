@@ -39,11 +39,48 @@ def has_gpu() -> bool:
     return False
 
 
+def accelerator_name() -> str:
+    """The GPU's name as the active backend reports it, or ``"cpu"``: benchmarks name it."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            return gpus[0].device_kind if gpus else "cpu"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return str(details.get("device_name", gpus[0].name))
+            return "cpu"
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:  # a name is nice to have, never worth a failed run
+        return "unknown"
+    return "cpu"
+
+
 def resolve_precision(requested: str) -> str:
-    """``auto`` means bfloat16 where the hardware has it (a GPU, or a CPU with AMX)."""
+    """``auto`` means bfloat16 where the hardware and the backend make it fast.
+
+    That is any GPU, or a CPU with AMX under TensorFlow, whose oneDNN kernels run bf16
+    convolutions on the AMX tiles (about 1.9x float32 for this network). XLA's CPU
+    backend (JAX, or TensorFlow with ``jit_compile=True``) has no such kernels: there
+    bf16 was slower than float32 (20 vs 27 images/s under JAX on the same AMX CPU, see
+    docs/performance.md), so ``auto`` stays float32 on a CPU under other backends.
+    """
     if requested != "auto":
         return requested
-    return "mixed_bfloat16" if has_gpu() or cpu_has_amx() else "float32"
+    if has_gpu():
+        return "mixed_bfloat16"
+    if cpu_has_amx() and keras.backend.backend() == "tensorflow":
+        return "mixed_bfloat16"
+    return "float32"
 
 
 def configure(params: Params) -> dict[str, str | bool]:

@@ -24,6 +24,12 @@ from agegap.params import Params
 
 MONITOR = "val_accuracy"
 VALIDATION_BATCH = 256
+# Training steps run per call into the compiled train function. Each call costs a
+# Python -> backend round trip, callbacks and a metrics sync (about a tenth of a
+# batch-16 step's CPU time on a 2-core CPU, far more next to a fast GPU); steps_per_execution
+# only changes how often control returns to Python, not what is computed, so the
+# history is identical (tests/test_training.py checks it).
+MAX_STEPS_PER_EXECUTION = 25
 
 
 @dataclass
@@ -108,6 +114,15 @@ def steps_per_epoch(params: Params, train_size: int) -> int:
     return max(1, math.ceil(images / params.batch_size))
 
 
+def steps_per_execution(steps: int, limit: int = MAX_STEPS_PER_EXECUTION) -> int:
+    """The largest divisor of ``steps`` up to ``limit``.
+
+    A divisor, because Keras runs whole executions: with 75 steps per epoch and 20 per
+    execution the fourth execution would run 5 steps into the next epoch's batches.
+    """
+    return max(d for d in range(1, min(steps, limit) + 1) if steps % d == 0)
+
+
 def train_model(
     params: Params,
     train: ImageSet,
@@ -117,16 +132,25 @@ def train_model(
     *,
     verbose: int = 2,
     jit_compile: bool | str = "auto",
+    execution_steps: int | None = None,
 ) -> TrainingResult:
-    """Train a fresh model; the best epoch's model is saved at ``model_path`` (.keras)."""
+    """Train a fresh model; the best epoch's model is saved at ``model_path`` (.keras).
+
+    ``execution_steps`` overrides :func:`steps_per_execution` (1 = Keras' default loop).
+    ``jit_compile="auto"`` lets Keras decide: XLA on JAX; on TensorFlow, Keras leaves it
+    off on a CPU and whenever op determinism is on (``ImageProjectiveTransformV3`` has no
+    XLA kernel anyway), which is also the fast choice on a CPU (XLA CPU does not use oneDNN/AMX: in
+    bfloat16 it was about 10x slower per step than oneDNN, see docs/performance.md).
+    """
+    steps = steps_per_epoch(params, len(train))
     model = build_model(params)
     model.compile(
         optimizer=make_optimizer(params),
         loss="binary_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit_compile,
+        steps_per_execution=execution_steps or steps_per_execution(steps),
     )
-    steps = steps_per_epoch(params, len(train))
     timer = _EpochTimer()
     checkpoint = keras.callbacks.ModelCheckpoint(
         str(model_path), monitor=MONITOR, mode="max", save_best_only=True, verbose=0

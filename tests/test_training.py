@@ -1,0 +1,99 @@
+"""Training is reproducible on CPU, and the speed settings do not change what is learnt.
+
+``params.deterministic: true`` promises the same metrics on every CPU run; issue 6's
+speed-ups (bfloat16 where the CPU has AMX, several steps per execution) must keep that
+promise. Tiny images and a tiny network keep each run to a few seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from agegap.dataset import ImageSet
+from agegap.params import Params
+from agegap.runtime import configure
+from agegap.training import steps_per_execution, train_model
+
+TINY = {
+    "image_size": 24,
+    "conv_filters": (4, 8),
+    "kernel_size": 3,
+    "dense_units": 8,
+    "batch_size": 8,
+    "epochs": 3,
+    "train_images_per_epoch": 48,
+    "deterministic": True,
+}
+
+
+@pytest.fixture
+def restore_globals() -> Iterator[None]:
+    """``configure`` sets process-wide state: the precision policy and op determinism."""
+    policy = keras.mixed_precision.global_policy().name
+    determinism = None
+    if keras.backend.backend() == "tensorflow":
+        # Not in tf.config's public API; the switch lives in the same module as enable.
+        from tensorflow.python.framework import config as tf_config
+
+        determinism = tf_config.is_op_determinism_enabled()
+    yield
+    keras.mixed_precision.set_global_policy(policy)
+    if determinism is False:
+        tf_config.disable_op_determinism()
+
+
+def tiny_sets() -> tuple[ImageSet, ImageSet]:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array([0.0, 1.0], np.float32), 20)
+    # Learnable: "young" images are brighter, so the accuracy moves between epochs.
+    images = rng.integers(0, 160, (40, 24, 24, 3)) + (labels * 90)[:, None, None, None]
+    images = images.astype(np.uint8)
+    train = ImageSet(images[::2], labels[::2], ())
+    validation = ImageSet(images[1::2], labels[1::2], ())
+    return train, validation
+
+
+def history(tmp_path: Path, name: str, precision: str, execution_steps: int | None) -> dict:
+    params = Params(**TINY, precision=precision)
+    configure(params)
+    train, validation = tiny_sets()
+    result = train_model(
+        params, train, validation, tmp_path / f"{name}.keras", verbose=0,
+        execution_steps=execution_steps,
+    )
+    return result.history
+
+
+@pytest.mark.parametrize("precision", ["float32", "auto"])
+def test_two_runs_give_identical_histories(
+    tmp_path: Path, restore_globals: None, precision: str
+) -> None:
+    """``auto`` is what ``params.yaml`` ships: mixed_bfloat16 on an AMX CPU."""
+    first = history(tmp_path, "first", precision, None)
+    second = history(tmp_path, "second", precision, None)
+    assert first == second
+    assert len(first["loss"]) == TINY["epochs"]
+
+
+@pytest.mark.parametrize("precision", ["float32", "auto"])
+def test_steps_per_execution_changes_nothing(
+    tmp_path: Path, restore_globals: None, precision: str
+) -> None:
+    """Running 6 steps per call into the backend learns exactly what 1 step per call does."""
+    assert steps_per_execution(6) == 6
+    one = history(tmp_path, "one", precision, 1)
+    many = history(tmp_path, "many", precision, None)
+    assert one == many
+
+
+def test_steps_per_execution_divides_the_epoch() -> None:
+    assert steps_per_execution(75) == 25
+    assert steps_per_execution(150) == 25
+    assert steps_per_execution(9) == 9
+    assert steps_per_execution(97) == 1  # a prime: fall back to Keras' default
+    assert steps_per_execution(40, limit=25) == 20
