@@ -39,6 +39,8 @@ class BlogAugmentation(keras.layers.Layer):
         shear_degrees: float = 0.2,
         zoom: float = 0.2,
         flip: bool = True,
+        rotate_degrees: float = 0.0,
+        shift: float = 0.0,
         seed: int | None = None,
         **kwargs: object,
     ) -> None:
@@ -47,13 +49,21 @@ class BlogAugmentation(keras.layers.Layer):
         self.shear_degrees = float(shear_degrees)
         self.zoom = float(zoom)
         self.flip = bool(flip)
+        self.rotate_degrees = float(rotate_degrees)
+        self.shift = float(shift)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
 
     @property
     def is_identity(self) -> bool:
-        return self.shear_degrees == 0 and self.zoom == 0 and not self.flip
+        return (
+            self.shear_degrees == 0
+            and self.zoom == 0
+            and not self.flip
+            and self.rotate_degrees == 0
+            and self.shift == 0
+        )
 
     def call(self, images, training: bool = False):
         images = ops.cast(images, self.compute_dtype)
@@ -86,7 +96,26 @@ class BlogAugmentation(keras.layers.Layer):
             sign = ops.where(coin < 0.5, -1.0, 1.0)
         else:
             sign = ops.ones((batch,), dtype=dtype)
-        return affine_rows(shear, zoom_rows, zoom_cols, sign, height, width)
+        if not (self.rotate_degrees or self.shift):
+            return affine_rows(shear, zoom_rows, zoom_cols, sign, height, width)
+        turn = math.radians(self.rotate_degrees)
+        rotation = keras.random.uniform(
+            (batch,), -turn, turn, dtype=dtype, seed=self.seed_generator
+        )
+        shifts = keras.random.uniform(
+            (2, batch), -self.shift, self.shift, dtype=dtype, seed=self.seed_generator
+        )
+        return affine_rows(
+            shear,
+            zoom_rows,
+            zoom_cols,
+            sign,
+            height,
+            width,
+            rotation=rotation,
+            shift_rows=shifts[0] * ops.cast(height, dtype),
+            shift_cols=shifts[1] * ops.cast(width, dtype),
+        )
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -94,27 +123,53 @@ class BlogAugmentation(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
-            shear_degrees=self.shear_degrees, zoom=self.zoom, flip=self.flip, seed=self.seed
+            shear_degrees=self.shear_degrees,
+            zoom=self.zoom,
+            flip=self.flip,
+            rotate_degrees=self.rotate_degrees,
+            shift=self.shift,
+            seed=self.seed,
         )
         return config
 
 
-def affine_rows(shear, zoom_rows, zoom_cols, sign, height, width):
+def affine_rows(
+    shear,
+    zoom_rows,
+    zoom_cols,
+    sign,
+    height,
+    width,
+    *,
+    rotation=None,
+    shift_rows=None,
+    shift_cols=None,
+):
     """Transform rows for ``affine_transform`` from per-image parameters (tensors of shape (n,)).
 
-    ``shear`` is in radians, ``sign`` is -1 for a horizontal flip and +1 otherwise.
-    Keras 2 works in (row, col): input = S Z (output - c) + c, with
-    S = [[1, -sin], [0, cos]], Z = diag(zoom_rows, zoom_cols) and c the pixel centre
-    ((n - 1) / 2). In (x=col, y=row): x_in = cos*zc*x', y_in = -sin*zc*x' + zr*y',
-    where x' = sign*(x - cx) does the flip, which Keras 2 applied after the transform.
+    ``shear`` and ``rotation`` are in radians, ``sign`` is -1 for a horizontal flip and +1
+    otherwise, shifts are in pixels. Keras 2 works in (row, col):
+    input = R S Z (output - c) + t + c, with R the rotation, S = [[1, -sin], [0, cos]]
+    the shear, Z = diag(zoom_rows, zoom_cols) and c the pixel centre ((n - 1) / 2), so
+    M = R S Z = [[cos(r) zr, -sin(r + s) zc], [sin(r) zr, cos(r + s) zc]].
+    In (x=col, y=row): x_in = M11 x' + M10 y', y_in = M01 x' + M00 y', where
+    x' = sign*(x - cx) does the flip, which Keras 2 applied after the transform.
     """
     dtype = shear.dtype
+    rotation = ops.zeros_like(shear) if rotation is None else rotation
     cx = (ops.cast(width, dtype) - 1.0) / 2.0
     cy = (ops.cast(height, dtype) - 1.0) / 2.0
-    a0 = ops.cos(shear) * zoom_cols * sign
-    b0 = -ops.sin(shear) * zoom_cols * sign
-    b1 = zoom_rows
-    a2 = cx - a0 * cx
+    m00 = ops.cos(rotation) * zoom_rows
+    m01 = -ops.sin(rotation + shear) * zoom_cols
+    m10 = ops.sin(rotation) * zoom_rows
+    m11 = ops.cos(rotation + shear) * zoom_cols
+    a0, a1 = m11 * sign, m10
+    b0, b1 = m01 * sign, m00
+    a2 = cx - a0 * cx - a1 * cy
     b2 = cy - b0 * cx - b1 * cy
+    if shift_cols is not None:
+        a2 = a2 + shift_cols
+    if shift_rows is not None:
+        b2 = b2 + shift_rows
     zeros = ops.zeros_like(a0)
-    return ops.stack([a0, zeros, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)

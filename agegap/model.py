@@ -37,14 +37,22 @@ def build_model(params: Params) -> keras.Model:
         shear_degrees=params.augment_shear_degrees,
         zoom=params.augment_zoom,
         flip=params.augment_flip,
+        rotate_degrees=params.augment_rotate_degrees,
+        shift=params.augment_shift,
         seed=params.seed,
         name="augmentation",
     )(inputs)
     x = layers.Rescaling(1.0 / 255, name="rescaling")(x)
     for block, filters in enumerate(params.conv_filters, start=1):
         x = layers.Conv2D(
-            filters, params.kernel_size, padding=params.padding, name=f"conv{block}"
+            filters,
+            params.kernel_size,
+            padding=params.padding,
+            use_bias=not params.batch_norm,  # the normalisation's offset replaces the bias
+            name=f"conv{block}",
         )(x)
+        if params.batch_norm:
+            x = layers.BatchNormalization(name=f"conv{block}_bn")(x)
         x = _activation(params, f"conv{block}_{params.activation}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -56,14 +64,22 @@ def build_model(params: Params) -> keras.Model:
     return keras.Model(inputs, outputs, name="agegap_cnn")
 
 
-def make_optimizer(params: Params) -> keras.optimizers.Optimizer:
-    """The named optimizer at ``learning_rate`` (Keras' defaults otherwise, as the blog)."""
+def make_optimizer(params: Params, total_steps: int = 1) -> keras.optimizers.Optimizer:
+    """The named optimizer at ``learning_rate`` (Keras' defaults otherwise, as the blog),
+    with cosine decay over ``total_steps`` and decoupled weight decay where asked."""
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = params.learning_rate
+    if params.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            params.learning_rate, decay_steps=max(1, total_steps)
+        )
     optimizers = {
         "adam": keras.optimizers.Adam,
         "rmsprop": keras.optimizers.RMSprop,
         "sgd": keras.optimizers.SGD,
     }
-    return optimizers[params.optimizer](learning_rate=params.learning_rate)
+    return optimizers[params.optimizer](
+        learning_rate=learning_rate, weight_decay=params.weight_decay or None
+    )
 
 
 def load_trained_model(path: Path | str) -> keras.Model:

@@ -24,6 +24,7 @@ SPLIT_STRATEGIES = ("identity", "image")
 PADDINGS = ("same", "valid")
 ACTIVATIONS = ("relu", "prelu", "leaky_relu")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 
@@ -51,6 +52,7 @@ class Params:
     leaky_relu_slope: float = 0.001
     dense_units: int = 64
     dropout: float = 0.1
+    batch_norm: bool = False
     # training
     optimizer: str = "adam"
     learning_rate: float = 0.001
@@ -61,6 +63,14 @@ class Params:
     augment_shear_degrees: float = 0.2
     augment_zoom: float = 0.2
     augment_flip: bool = True
+    augment_rotate_degrees: float = 0.0
+    augment_shift: float = 0.0
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    early_stopping_patience: int = 0
+    # evaluation
+    tta_flip: bool = False
     precision: str = "auto"
     deterministic: bool = True
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -139,6 +149,7 @@ _VALIDATORS: dict[str, Any] = {
     "leaky_relu_slope": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=True),
     "dense_units": lambda k, v: _as_int(k, v, 1),
     "dropout": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=True),
+    "batch_norm": _as_bool,
     "optimizer": lambda k, v: _as_choice(k, v, OPTIMIZERS),
     "learning_rate": lambda k, v: _as_float(k, v, 1e-12, 10.0, high_open=False),
     "batch_size": lambda k, v: _as_int(k, v, 1),
@@ -148,6 +159,13 @@ _VALIDATORS: dict[str, Any] = {
     "augment_shear_degrees": lambda k, v: _as_float(k, v, 0.0, 89.0, high_open=False),
     "augment_zoom": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=True),
     "augment_flip": _as_bool,
+    "augment_rotate_degrees": lambda k, v: _as_float(k, v, 0.0, 180.0, high_open=False),
+    "augment_shift": lambda k, v: _as_float(k, v, 0.0, 0.5, high_open=False),
+    "lr_schedule": lambda k, v: _as_choice(k, v, LR_SCHEDULES),
+    "weight_decay": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=False),
+    "label_smoothing": lambda k, v: _as_float(k, v, 0.0, 0.5, high_open=True),
+    "early_stopping_patience": lambda k, v: _as_int(k, v, 0),
+    "tta_flip": _as_bool,
     "precision": lambda k, v: _as_choice(k, v, PRECISIONS),
     "deterministic": _as_bool,
 }

@@ -34,12 +34,22 @@ class Scores:
         return asdict(self)
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """P(young) for each uint8 image, batched; shape ``(n,)``."""
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray, *, tta_flip: bool = False
+) -> np.ndarray:
+    """P(young) for each uint8 image, batched; shape ``(n,)``.
+
+    With ``tta_flip`` each image's score is averaged with its mirror image's: a face
+    is no younger seen in a mirror, and the average is steadier than either.
+    """
     if len(images) == 0:
         return np.zeros((0,), np.float32)
     output = model.predict(images, batch_size=PREDICT_BATCH, verbose=0)
-    return np.asarray(output, dtype=np.float64).reshape(-1)
+    probabilities = np.asarray(output, dtype=np.float64).reshape(-1)
+    if tta_flip:
+        mirrored = model.predict(images[:, :, ::-1, :], batch_size=PREDICT_BATCH, verbose=0)
+        probabilities = (probabilities + np.asarray(mirrored, np.float64).reshape(-1)) / 2
+    return probabilities
 
 
 def score_predictions(labels: np.ndarray, probabilities: np.ndarray) -> Scores:

@@ -144,9 +144,10 @@ def train_model(
     """
     steps = steps_per_epoch(params, len(train))
     model = build_model(params)
+    steps = steps_per_epoch(params, len(train))
     model.compile(
-        optimizer=make_optimizer(params),
-        loss="binary_crossentropy",
+        optimizer=make_optimizer(params, total_steps=steps * params.epochs),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
         metrics=["accuracy"],
         jit_compile=jit_compile,
         steps_per_execution=execution_steps or steps_per_execution(steps),
@@ -155,13 +156,22 @@ def train_model(
     checkpoint = keras.callbacks.ModelCheckpoint(
         str(model_path), monitor=MONITOR, mode="max", save_best_only=True, verbose=0
     )
+    stopping = (
+        [
+            keras.callbacks.EarlyStopping(
+                monitor=MONITOR, mode="max", patience=params.early_stopping_patience
+            )
+        ]
+        if params.early_stopping_patience
+        else []
+    )
     history = model.fit(
         training_batches(train, params.batch_size, params.seed),
         steps_per_epoch=steps,
         epochs=params.epochs,
         validation_data=(validation.images, validation.labels),
         validation_batch_size=VALIDATION_BATCH,
-        callbacks=[_CheckMonitor(), checkpoint, timer, *(callbacks or [])],
+        callbacks=[_CheckMonitor(), checkpoint, timer, *stopping, *(callbacks or [])],
         shuffle=False,  # the stream shuffles, reproducibly
         verbose=verbose,
     ).history
@@ -175,7 +185,7 @@ def train_model(
         best_val_loss=float(history["val_loss"][best]),
         train_accuracy_at_best=float(history["accuracy"][best]),
         train_loss_at_best=float(history["loss"][best]),
-        epochs=params.epochs,
+        epochs=len(scores),
         steps_per_epoch=steps,
         seconds_per_epoch=float(np.mean(later)),
         train_images_per_second=float(steps * params.batch_size / np.mean(later_train)),

@@ -37,7 +37,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     """Score ``models/model.keras`` on the test split; write metrics and plots."""
     model = load_trained_model(root / MODEL_PATH)
     test = load_split("test", params.image_size, root)
-    probabilities = predict_probabilities(model, test.images)
+    probabilities = predict_probabilities(model, test.images, tta_flip=params.tta_flip)
     scores = score_predictions(test.labels, probabilities)
     metrics: dict[str, Any] = {
         "accuracy": scores.accuracy,

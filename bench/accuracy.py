@@ -1,0 +1,197 @@
+"""Issue 8's accuracy protocol: each recipe x split strategy x three split seeds.
+
+Every run is a real pipeline run (the ``split``, ``train`` and ``evaluate`` stages,
+each in its own process, in a scratch workspace that shares one decoded
+``data/raw``), so what is measured is exactly what ``dvc repro`` would produce.
+Results are appended to a JSON-lines file as they come, so an interrupted protocol
+resumes where it stopped; the report gives mean ± standard deviation over seeds.
+
+    python bench/accuracy.py --recipes blog ours --epochs 100
+    python bench/accuracy.py --recipes ours --strategies identity --seeds 0 --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES_FILE = Path(__file__).with_name("accuracy_recipes.yaml")
+DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "LAGdataset_100.zip"
+
+
+def load_recipes(path: Path) -> dict[str, dict[str, Any]]:
+    """Named sets of params overrides (``blog``, ``ours``, one per lever)."""
+    recipes = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(recipes, dict):
+        raise SystemExit(f"error: {path}: expected a mapping of recipe name -> overrides")
+    return {name: dict(overrides or {}) for name, overrides in recipes.items()}
+
+
+def prepare_raw(work: Path, archive: Path) -> Path:
+    """Run the download stage once; every run links to this ``data/raw``."""
+    raw_home = work / "raw-home"
+    if not (raw_home / "data" / "raw" / "manifest.csv").is_file():
+        raw_home.mkdir(parents=True, exist_ok=True)
+        (raw_home / "params.yaml").write_text(
+            yaml.safe_dump({"data_url": str(archive)}), encoding="utf-8"
+        )
+        _stage("download", raw_home)
+    return raw_home / "data" / "raw"
+
+
+def _stage(name: str, workspace: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"], cwd=workspace, env=env,
+        capture_output=True, text=True,
+    )
+    if result.returncode:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+        raise RuntimeError(f"stage {name} failed in {workspace}: {' '.join(tail)}")
+
+
+def run_once(
+    work: Path, raw: Path, recipe: str, overrides: dict, strategy: str, seed: int, epochs: int
+) -> dict[str, Any]:
+    """One pipeline run; returns its test and validation scores and timing."""
+    workspace = work / f"{recipe}-{strategy}-{seed}"
+    (workspace / "data").mkdir(parents=True, exist_ok=True)
+    link = workspace / "data" / "raw"
+    if not link.exists():
+        link.symlink_to(raw, target_is_directory=True)
+    params = {
+        **overrides,
+        "split_strategy": strategy,
+        "split_seed": seed,
+        "seed": seed,
+        "epochs": epochs,
+    }
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    started = time.perf_counter()
+    for stage in ("split", "train", "evaluate"):
+        _stage(stage, workspace)
+    test = json.loads((workspace / "metrics.json").read_text(encoding="utf-8"))
+    trained = json.loads((workspace / "train_metrics.json").read_text(encoding="utf-8"))
+    return {
+        "recipe": recipe,
+        "strategy": strategy,
+        "seed": seed,
+        "epochs": epochs,
+        "overrides": overrides,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "n_test": test["n_test"],
+        "best_val_accuracy": trained["best_val_accuracy"],
+        "best_epoch": trained["best_epoch"],
+        "epochs_run": trained.get("epochs_run", epochs),
+        "seconds_per_epoch": trained["seconds_per_epoch"],
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation of test accuracy per recipe, strategy and epochs."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["recipe"], row["strategy"], row["epochs"]), []).append(row)
+    summary = []
+    for (recipe, strategy, epochs), members in groups.items():
+        accuracies = [m["test_accuracy"] for m in members]
+        summary.append({
+            "recipe": recipe,
+            "strategy": strategy,
+            "epochs": epochs,
+            "runs": len(members),
+            "seeds": sorted(m["seed"] for m in members),
+            "mean": statistics.fmean(accuracies),
+            "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "val_mean": statistics.fmean(m["best_val_accuracy"] for m in members),
+            "best_epoch_mean": statistics.fmean(m["best_epoch"] for m in members),
+            "seconds_per_epoch": statistics.fmean(m["seconds_per_epoch"] for m in members),
+        })
+    return sorted(summary, key=lambda s: (s["strategy"], s["recipe"], s["epochs"]))
+
+
+def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
+    lines = [
+        f"Measured on {platform.node() or 'this machine'} ({os.cpu_count()} CPU threads), "
+        "by `python bench/accuracy.py`; one training seed per split seed.",
+        "",
+        "| split | recipe | epochs | runs (seeds) | test accuracy, mean ± sd | best val acc | "
+        "best epoch | s/epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['strategy']} | {s['recipe']} | {s['epochs']} | {s['runs']} "
+            f"({', '.join(map(str, s['seeds']))}) | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} "
+            f"| {100 * s['val_mean']:.2f} | {s['best_epoch_mean']:.0f} "
+            f"| {s['seconds_per_epoch']:.2f} |"
+        )
+    lines += ["", "Recipes (overrides of `params.yaml`):", ""]
+    for name in sorted({s["recipe"] for s in summary}):
+        lines.append(f"- `{name}`: `{json.dumps(recipes.get(name, {}), sort_keys=True)}`")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", nargs="+", default=["blog", "ours"])
+    parser.add_argument("--recipes-file", type=Path, default=RECIPES_FILE)
+    parser.add_argument("--strategies", nargs="+", default=["image", "identity"],
+                        choices=["image", "identity"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--work", type=Path, default=REPO / ".bench-accuracy",
+                        help="scratch folder (git-ignored); results.jsonl there lets a run resume")
+    parser.add_argument("--report", type=Path, default=REPO / "reports" / "accuracy-runs.md")
+    args = parser.parse_args()
+
+    recipes = load_recipes(args.recipes_file)
+    unknown = [r for r in args.recipes if r not in recipes]
+    if unknown:
+        raise SystemExit(f"error: {args.recipes_file}: no recipe {unknown}; have {sorted(recipes)}")
+    if not args.archive.is_file():
+        raise SystemExit(f"error: {args.archive}: no such archive (--archive PATH)")
+    args.work.mkdir(parents=True, exist_ok=True)
+    results_file = args.work / "results.jsonl"
+    done = [json.loads(line) for line in results_file.read_text().splitlines()] \
+        if results_file.exists() else []
+    raw = prepare_raw(args.work, args.archive)
+    for recipe in args.recipes:
+        for strategy in args.strategies:
+            for seed in args.seeds:
+                key = (recipe, strategy, seed, args.epochs)
+                if any((d["recipe"], d["strategy"], d["seed"], d["epochs"]) == key and
+                       d["overrides"] == recipes[recipe] for d in done):
+                    continue
+                row = run_once(args.work, raw, recipe, recipes[recipe], strategy, seed,
+                               args.epochs)
+                done.append(row)
+                with results_file.open("a", encoding="utf-8") as stream:
+                    stream.write(json.dumps(row) + "\n")
+                print(f"{recipe:>16} {strategy:>8} seed {seed}: test {row['test_accuracy']:.4f} "
+                      f"val {row['best_val_accuracy']:.4f} ({row['wall_seconds']:.0f} s)",
+                      flush=True)
+    wanted = [d for d in done if d["recipe"] in args.recipes and d["epochs"] == args.epochs
+              and d["overrides"] == recipes[d["recipe"]]]
+    report = markdown(summarise(wanted), recipes)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(report, encoding="utf-8")
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
