@@ -7,6 +7,7 @@ checked before a single byte is written.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import stat
 import tarfile
@@ -22,10 +23,8 @@ def _zip_member_name(info: zipfile.ZipInfo) -> str:
     """The member's real name: LAG's zip stores UTF-8 names without the UTF-8 flag."""
     name = info.filename
     if not info.flag_bits & 0x800:
-        try:
+        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
             name = name.encode("cp437").decode("utf-8")
-        except (UnicodeEncodeError, UnicodeDecodeError):
-            pass
     return name
 
 

@@ -98,7 +98,9 @@ def download(
             status = error.response.status_code if error.response is not None else None
             if status is not None and 400 <= status < 500 and status not in (408, 429):
                 partial.unlink(missing_ok=True)
-                raise AgegapError(f"{url}: the server answered HTTP {status}; {_offline_hint()}")
+                raise AgegapError(
+                    f"{url}: the server answered HTTP {status}; {_offline_hint()}"
+                ) from None
             last_error = error
         except (requests.ConnectionError, requests.Timeout, _IncompleteError) as error:
             last_error = error

@@ -9,6 +9,7 @@ Dropout -> Dense(1, sigmoid). The input is the raw uint8 image: augmentation and
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import keras
@@ -87,6 +88,8 @@ def load_trained_model(path: Path | str) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise AgegapError(f"{path}: no such model file; run `dvc repro train` first")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found", which misleads
+        raise AgegapError(f"{path}: not a loadable Keras model (not a .keras zip archive)")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a damaged file

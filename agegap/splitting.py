@@ -119,7 +119,9 @@ def split_report(assigned: pd.DataFrame, quotas: Quotas, strategy: str, seed: in
     """Counts per split and class, identities per split, and what splits share (leaks)."""
     used = assigned[assigned["split"] != UNUSED]
     counts = {
-        split: {c: int(((used["split"] == split) & (used["label"] == c)).sum()) for c in CLASS_NAMES}
+        split: {
+            c: int(((used["split"] == split) & (used["label"] == c)).sum()) for c in CLASS_NAMES
+        }
         for split in SPLITS
     }
     identities = {s: set(used.loc[used["split"] == s, "identity"]) for s in SPLITS}

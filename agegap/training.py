@@ -42,6 +42,7 @@ class TrainingResult:
     train_accuracy_at_best: float
     train_loss_at_best: float
     epochs: int
+    epochs_run: int
     steps_per_epoch: int
     seconds_per_epoch: float
     train_images_per_second: float
@@ -185,7 +186,8 @@ def train_model(
         best_val_loss=float(history["val_loss"][best]),
         train_accuracy_at_best=float(history["accuracy"][best]),
         train_loss_at_best=float(history["loss"][best]),
-        epochs=len(scores),
+        epochs=params.epochs,
+        epochs_run=len(scores),  # fewer where early stopping ended the run
         steps_per_epoch=steps,
         seconds_per_epoch=float(np.mean(later)),
         train_images_per_second=float(steps * params.batch_size / np.mean(later_train)),

@@ -14,17 +14,17 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
 
-from agegap import CLASS_NAMES  # noqa: E402
-from agegap.atomic import atomic_dir  # noqa: E402
-from agegap.errors import exits_cleanly  # noqa: E402
-from agegap.images import load_many  # noqa: E402
-from agegap.params import Params, load_params  # noqa: E402
-from agegap.splitting import SPLITS  # noqa: E402
-from stages.split import SPLIT_DIR, read_split  # noqa: E402
+from agegap import CLASS_NAMES
+from agegap.atomic import atomic_dir
+from agegap.errors import exits_cleanly
+from agegap.images import load_many
+from agegap.params import Params, load_params
+from agegap.splitting import SPLITS
+from stages.split import SPLIT_DIR, read_split
 
 OUTPUT_DIR = Path("plots/average_faces")
 GRID_SIDE = 5

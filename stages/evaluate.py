@@ -7,26 +7,26 @@ matrix, ROC and precision-recall curves, and a gallery of the misclassified face
 
 from __future__ import annotations
 
-import json  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
 
-from agegap.atomic import atomic_dir, write_json  # noqa: E402
-from agegap.dataset import ImageSet, load_split  # noqa: E402
-from agegap.errors import AgegapError, exits_cleanly  # noqa: E402
-from agegap.model import load_trained_model  # noqa: E402
-from agegap.params import Params, load_params  # noqa: E402
-from agegap.scoring import label_names, predict_probabilities, score_predictions  # noqa: E402
-from stages.train import MODEL_PATH, TRAIN_METRICS  # noqa: E402
+from agegap.atomic import atomic_dir, write_json
+from agegap.dataset import ImageSet, load_split
+from agegap.errors import AgegapError, exits_cleanly
+from agegap.model import load_trained_model
+from agegap.params import Params, load_params
+from agegap.scoring import label_names, predict_probabilities, score_predictions
+from stages.train import MODEL_PATH, TRAIN_METRICS
 
 METRICS_PATH = Path("metrics.json")
 PLOTS_DIR = Path("plots/evaluate")

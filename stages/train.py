@@ -7,20 +7,20 @@ Outputs: ``models/model.keras`` (the epoch with the best validation accuracy),
 
 from __future__ import annotations
 
-import importlib.util  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
 
-import keras  # noqa: E402
+import keras
 
-from agegap.atomic import atomic_path, write_json  # noqa: E402
-from agegap.dataset import load_split  # noqa: E402
-from agegap.errors import exits_cleanly  # noqa: E402
-from agegap.params import Params, load_params  # noqa: E402
-from agegap.runtime import configure  # noqa: E402
-from agegap.training import DVCLiveMetrics, train_model  # noqa: E402
+from agegap.atomic import atomic_path, write_json
+from agegap.dataset import load_split
+from agegap.errors import exits_cleanly
+from agegap.params import Params, load_params
+from agegap.runtime import configure
+from agegap.training import DVCLiveMetrics, train_model
 
 MODEL_PATH = Path("models/model.keras")
 TRAIN_METRICS = Path("train_metrics.json")

@@ -55,7 +55,9 @@ def project_env() -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run a command in ``cwd`` with the project on the path; output captured as text."""
     result = subprocess.run(
         args, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout

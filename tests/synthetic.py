@@ -99,7 +99,7 @@ def build_tree(
 class _Utf8NameWithoutFlag(zipfile.ZipInfo):
     """Stores the name as UTF-8 bytes without the UTF-8 flag, as the official LAG zip does."""
 
-    def _encodeFilenameFlags(self) -> tuple[bytes, int]:  # noqa: N802 - zipfile's name
+    def _encodeFilenameFlags(self) -> tuple[bytes, int]:
         return self.filename.encode("utf-8"), self.flag_bits & ~0x800
 
 

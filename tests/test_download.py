@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import http.server
-import io
 import socket
 import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -82,7 +82,7 @@ def test_missing_file_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_wrong_checksum_is_refused(tmp_path: Path, synthetic_zip) -> None:
-    with pytest.raises(AgegapError, match="SHA-256 is .* but data_sha256 expects"):
+    with pytest.raises(AgegapError, match=r"SHA-256 is .* but data_sha256 expects"):
         download(params_for(synthetic_zip.path, "0" * 64), tmp_path)
     assert_nothing_written(tmp_path)
 
@@ -156,9 +156,9 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves one file, honouring ``Range: bytes=N-`` as a resumable server does."""
 
     payload = b""
-    requests_seen: list[str | None] = []
+    requests_seen: ClassVar[list[str | None]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         requested = self.headers.get("Range")
         type(self).requests_seen.append(requested)
         start = int(requested.split("=")[1].rstrip("-")) if requested else 0

@@ -1,0 +1,112 @@
+"""The accuracy levers of issue 8, each off by default and each doing what it says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from agegap.augment import BlogAugmentation
+from agegap.dataset import ImageSet
+from agegap.model import build_model, load_trained_model, make_optimizer
+from agegap.params import Params
+from agegap.scoring import predict_probabilities
+from agegap.training import train_model
+
+tf_keras_image = pytest.importorskip("tf_keras.preprocessing.image")
+
+
+def test_levers_are_off_by_default() -> None:
+    params = Params()
+    assert not params.batch_norm and params.lr_schedule == "constant"
+    assert params.weight_decay == 0 and params.label_smoothing == 0
+    assert params.early_stopping_patience == 0 and not params.tta_flip
+    assert params.augment_rotate_degrees == 0 and params.augment_shift == 0
+
+
+def test_rotation_matches_keras2_apply_affine_transform() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, (40, 40, 3)).astype(np.float32)
+    from agegap.augment import affine_rows
+
+    def tensor(value: float) -> object:
+        return keras.ops.convert_to_tensor(np.array([value], np.float32))
+
+    rows = affine_rows(tensor(np.radians(3.0)), tensor(1.1), tensor(0.9), tensor(1.0), 40, 40,
+                       rotation=tensor(np.radians(12.0)))
+    ours = keras.ops.convert_to_numpy(keras.ops.image.affine_transform(
+        image[None], rows, interpolation="bilinear", fill_mode="nearest"))[0]
+    # row_axis=1, col_axis=0: the 2017 (row, col) convention, as in test_augment.py
+    theirs = tf_keras_image.apply_affine_transform(
+        image, theta=12.0, shear=3.0, zx=1.1, zy=0.9,
+        row_axis=1, col_axis=0, channel_axis=2, fill_mode="nearest", order=1,
+    )
+    np.testing.assert_allclose(ours, theirs, atol=0.01)
+
+
+def test_rotation_and_shift_move_pixels_and_stay_seeded() -> None:
+    images = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3)).astype("float32")
+    layer = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, rotate_degrees=20,
+                             shift=0.1, seed=3)
+    moved = keras.ops.convert_to_numpy(layer(images, training=True))
+    again = keras.ops.convert_to_numpy(
+        BlogAugmentation(shear_degrees=0, zoom=0, flip=False, rotate_degrees=20, shift=0.1,
+                         seed=3)(images, training=True))
+    assert not np.allclose(moved, images)
+    np.testing.assert_array_equal(moved, again)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images)), images)
+
+
+def test_batch_norm_model_saves_and_loads(tmp_path: Path) -> None:
+    params = Params(image_size=32, conv_filters=(4, 8), kernel_size=3, dense_units=8,
+                    batch_norm=True, precision="float32")
+    model = build_model(params)
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 2
+    assert model.get_layer("conv1").use_bias is False
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    model.save(tmp_path / "bn.keras")
+    np.testing.assert_allclose(load_trained_model(tmp_path / "bn.keras").predict(images, verbose=0),
+                               model.predict(images, verbose=0), rtol=1e-6)
+
+
+def test_cosine_schedule_and_weight_decay_reach_the_optimizer() -> None:
+    optimizer = make_optimizer(Params(lr_schedule="cosine", weight_decay=0.01), total_steps=100)
+    schedule = optimizer._learning_rate
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert float(schedule(0)) == pytest.approx(0.001)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+    assert optimizer.weight_decay == pytest.approx(0.01)
+
+
+def _tiny_sets(count: int = 32) -> tuple[ImageSet, ImageSet]:
+    rng = np.random.default_rng(0)
+    labels = np.tile([0.0, 1.0], count // 2).astype(np.float32)
+    images = (labels[:, None, None, None] * 150 + rng.uniform(0, 80, (count, 16, 16, 3)))
+    data = ImageSet(images.astype(np.uint8), labels, tuple(map(str, range(count))))
+    return data, data
+
+
+def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(tmp_path: Path) -> None:
+    train, validation = _tiny_sets()
+    params = Params(image_size=16, conv_filters=(4,), kernel_size=3, dense_units=4,
+                    batch_size=8, epochs=30, train_images_per_epoch=0, learning_rate=0.0,
+                    early_stopping_patience=2, precision="float32")
+    result = train_model(params, train, validation, tmp_path / "m.keras", verbose=0)
+    assert result.epochs == 30
+    assert result.epochs_run == 3  # lr 0: nothing improves after epoch 1, patience 2
+    assert result.best_epoch == 1
+
+
+def test_tta_flip_averages_an_image_with_its_mirror() -> None:
+    inputs = keras.Input((8, 8, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    plain = predict_probabilities(model, images)
+    mirrored = predict_probabilities(model, images[:, :, ::-1, :])
+    averaged = predict_probabilities(model, images, tta_flip=True)
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-6)
