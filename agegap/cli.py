@@ -130,6 +130,12 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help=f"the trained Keras model (default: {DEFAULT_MODEL}, written by `dvc repro`)",
     )
+    parser.add_argument(
+        "--tta-flip",
+        action="store_true",
+        help="average each face's score with its mirror image's, as the evaluate stage "
+        "does when params.yaml sets tta_flip: true (use it to reproduce those metrics)",
+    )
 
 
 @exits_cleanly
@@ -145,9 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_format=args.format,
             detect_faces=args.detect_faces,
             annotate_dir=args.annotate,
+            tta_flip=args.tta_flip,
         )
     return commands.score_command(
-        args.folder, model_path=args.model, as_json=args.json, detect_faces=args.detect_faces
+        args.folder,
+        model_path=args.model,
+        as_json=args.json,
+        detect_faces=args.detect_faces,
+        tta_flip=args.tta_flip,
     )
 
 

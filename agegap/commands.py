@@ -71,6 +71,7 @@ def predict_command(
     output_format: str = "table",
     detect_faces: bool = True,
     annotate_dir: Path | None = None,
+    tta_flip: bool = False,
     out: TextIO | None = None,
 ) -> int:
     """Print one row per face of every image under ``paths``; 1 if any file failed."""
@@ -85,7 +86,11 @@ def predict_command(
     rows_of: dict[Path, list[Prediction]] = {}
     annotate_failures = 0
     for prepared, file_rows in predict(
-        model, sources, detect=detect_faces, keep_images=annotate_dir is not None
+        model,
+        sources,
+        detect=detect_faces,
+        keep_images=annotate_dir is not None,
+        tta_flip=tta_flip,
     ):
         rows_of[prepared.source.path] = file_rows
         if annotate_dir is not None and prepared.image is not None:
@@ -122,6 +127,7 @@ def score_command(
     model_path: Path,
     as_json: bool = False,
     detect_faces: bool = False,
+    tta_flip: bool = False,
     out: TextIO | None = None,
 ) -> int:
     """Print the scores of the model on ``folder/old`` and ``folder/young``; 1 if a file failed."""
@@ -147,7 +153,8 @@ def score_command(
         loader=lambda path: model_input(path, size, detect=detect_faces),
         on_error=report_failure,
     )
-    scores = score_predictions(data.labels, predict_probabilities(model, data.images))
+    probabilities = predict_probabilities(model, data.images, tta_flip=tta_flip)
+    scores = score_predictions(data.labels, probabilities)
     if as_json:
         payload = report.scores_dict(
             scores, folder=str(folder), model=str(model_path), failed=failed

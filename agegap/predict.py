@@ -181,6 +181,7 @@ def predict(
     detect: bool = True,
     keep_images: bool = False,
     chunk_files: int = CHUNK_FILES,
+    tta_flip: bool = False,
 ) -> Iterator[tuple[Prepared, list[Prediction]]]:
     """For each source, in order: the prepared file and its rows (one per face, or the error).
 
@@ -198,7 +199,9 @@ def predict(
             )
             crops = [c for item in prepared for c in item.crops]
             batch = np.stack(crops) if crops else np.zeros((0, size[1], size[0], 3), np.uint8)
-            probabilities = predict_probabilities(model, batch)  # type: ignore[arg-type]
+            probabilities = predict_probabilities(  # type: ignore[arg-type]
+                model, batch, tta_flip=tta_flip
+            )
             position = 0
             for item in prepared:
                 count = len(item.crops)
