@@ -210,8 +210,11 @@ def _check_architecture(params: Params) -> None:
             )
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read and validate ``params.yaml`` (a missing key takes its default)."""
+def read_params_mapping(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
+    """``params.yaml`` as the flat mapping it holds, unvalidated (a one-line error if broken).
+
+    The flows merge ``dvc exp run -S`` overrides into this before validating them.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -221,10 +224,15 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         first_line = str(error).splitlines()[0] if str(error) else "syntax error"
         raise AgegapError(f"{path}: not valid YAML: {first_line}") from None
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         raise AgegapError(f"{path}: expected a mapping of flat keys, got {type(raw).__name__}")
-    return params_from_dict(raw, source=str(path))
+    return raw
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml`` (a missing key takes its default)."""
+    return params_from_dict(read_params_mapping(path), source=str(path))
 
 
 def param_names() -> tuple[str, ...]:

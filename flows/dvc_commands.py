@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from filelock import FileLock, Timeout
 
 from agegap.errors import AgegapError
-from agegap.params import param_names, params_from_dict
+from agegap.params import param_names, params_from_dict, read_params_mapping
 
 LOCK_FILE = Path(".dvc") / "tmp" / "agegap-flow.lock"
 SKIPPED = "skipped"
@@ -252,20 +251,6 @@ def _kill_group(process: subprocess.Popen[str]) -> None:
             continue
 
 
-def read_params_file(workspace: Path) -> dict[str, Any]:
-    """``params.yaml`` of the workspace as a flat mapping (a one-line error if broken)."""
-    path = workspace / "params.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AgegapError(f"{path}: no such parameters file") from None
-    except yaml.YAMLError as error:
-        raise AgegapError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise AgegapError(f"{path}: expected a mapping of flat keys")
-    return raw
-
-
 def validate_overrides(workspace: Path, overrides: Mapping[str, Any]) -> None:
     """Refuse bad overrides before any work starts, with the train stage's own message.
 
@@ -278,7 +263,7 @@ def validate_overrides(workspace: Path, overrides: Mapping[str, Any]) -> None:
         raise AgegapError(
             f"overrides: expected a mapping of parameter names to values, got {overrides!r}"
         )
-    current = read_params_file(workspace)
+    current = read_params_mapping(workspace / "params.yaml")
     params_from_dict(current, source=str(workspace / "params.yaml"))
     known = set(param_names())
     for key in overrides:
