@@ -65,6 +65,16 @@ def _log_line(line: str) -> None:
         logger.info(line)
 
 
+def _run_dvc_logged(args: list[str], workspace: str, timeout_s: float, what: str):
+    """Run one DVC command with its output in the run's log; fail the task with DVC's error."""
+    result = run_dvc(args, Path(workspace), on_line=_log_line, timeout=timeout_s, check=False)
+    if result.returncode != 0:
+        raise DvcCommandError(
+            f"{what} failed (dvc exited with {result.returncode}):\n" + result.error_summary()
+        )
+    return result
+
+
 @task(name="dvc-stage", cache_policy=NO_CACHE)
 def run_stage(workspace: str, stage: str, timeout_s: float) -> Any:
     """Ask DVC to bring one stage up to date: ``dvc repro --single-item <stage>``.
@@ -74,18 +84,9 @@ def run_stage(workspace: str, stage: str, timeout_s: float) -> Any:
     (NO_CACHE): DVC's lock file is the only cache, so the two never disagree. An
     unchanged stage finishes in a ``Skipped`` (Completed) state, visible in the UI.
     """
-    result = run_dvc(
-        ["repro", "--single-item", stage],
-        Path(workspace),
-        on_line=_log_line,
-        timeout=timeout_s,
-        check=False,
+    result = _run_dvc_logged(
+        ["repro", "--single-item", stage], workspace, timeout_s, f"stage {stage!r}"
     )
-    if result.returncode != 0:
-        raise DvcCommandError(
-            f"stage {stage!r} failed (dvc exited with {result.returncode}):\n"
-            + result.error_summary()
-        )
     outcome = result.stage_outcomes().get(stage, SKIPPED)
     row = {"stage": stage, "outcome": outcome, "seconds": round(result.seconds, 1)}
     if outcome == SKIPPED:
@@ -102,18 +103,9 @@ def run_experiment(
     One ``dvc exp run`` rather than one task per stage: an experiment is one
     versioned unit (one git ref); splitting it would make several experiments.
     """
-    result = run_dvc(
-        experiment_args(name, overrides),
-        Path(workspace),
-        on_line=_log_line,
-        timeout=timeout_s,
-        check=False,
+    result = _run_dvc_logged(
+        experiment_args(name, overrides), workspace, timeout_s, f"experiment {name!r}"
     )
-    if result.returncode != 0:
-        raise DvcCommandError(
-            f"experiment {name!r} failed (dvc exited with {result.returncode}):\n"
-            + result.error_summary()
-        )
     return [
         {"stage": stage, "outcome": outcome, "seconds": None}
         for stage, outcome in result.stage_outcomes().items()
