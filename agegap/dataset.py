@@ -6,6 +6,7 @@ arrays; batches are numpy slices of those, the same on every Keras backend.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -87,23 +88,52 @@ def load_folder(
     return ImageSet(images, np.asarray(labels, np.float32), tuple(str(p) for p in paths))
 
 
-def training_batches(
-    data: ImageSet, batch_size: int, seed: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless shuffled batches, one reshuffled pass after another.
+def batch_order(size: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless index batches into a set of ``size`` images, one reshuffled pass after another.
 
     Like Keras 2's ``flow_from_directory``, an "epoch" of ``steps_per_epoch`` batches
     continues where the last one stopped, so with the blog's 1,200 images per epoch
     two epochs see all 2,400. The order depends on ``seed`` alone.
     """
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(data))
+    order = rng.permutation(size)
     position = 0
     while True:
         if position + batch_size > len(order):
             rest = order[position:]
-            order = np.concatenate([rest, rng.permutation(len(data))])
+            order = np.concatenate([rest, rng.permutation(size)])
             position = 0
-        chosen = order[position : position + batch_size]
+        yield order[position : position + batch_size]
         position += batch_size
+
+
+def training_batches(
+    data: ImageSet, batch_size: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless shuffled ``(images, labels)`` batches in :func:`batch_order`."""
+    for chosen in batch_order(len(data), batch_size, seed):
         yield data.images[chosen], data.labels[chosen]
+
+
+def training_stream(data: ImageSet, batch_size: int, seed: int, batches: int) -> object:
+    """What ``model.fit`` reads: the first ``batches`` of :func:`training_batches`.
+
+    Under TensorFlow the same batches come from a ``tf.data`` pipeline that gathers them
+    from the arrays inside the runtime: a Python generator costs a ``PyFunc`` call per
+    batch, which holds the GIL and one of two CPU cores for over a millisecond, about 7%
+    of a training step here (docs/performance.md). Other backends read the generator.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return training_batches(data, batch_size, seed)
+    import tensorflow as tf
+
+    order = np.stack(list(itertools.islice(batch_order(len(data), batch_size, seed), batches)))
+    images = tf.constant(data.images)
+    labels = tf.constant(data.labels)
+    return (
+        tf.data.Dataset.from_tensor_slices(order)
+        .map(lambda chosen: (tf.gather(images, chosen), tf.gather(labels, chosen)))
+        .prefetch(2)
+    )

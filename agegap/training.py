@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from agegap.dataset import ImageSet, training_batches
+from agegap.dataset import ImageSet, training_stream
 from agegap.errors import AgegapError
 from agegap.model import build_model, make_optimizer
 from agegap.params import Params
@@ -145,7 +145,6 @@ def train_model(
     """
     steps = steps_per_epoch(params, len(train))
     model = build_model(params)
-    steps = steps_per_epoch(params, len(train))
     model.compile(
         optimizer=make_optimizer(params, total_steps=steps * params.epochs),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
@@ -167,7 +166,7 @@ def train_model(
         else []
     )
     history = model.fit(
-        training_batches(train, params.batch_size, params.seed),
+        training_stream(train, params.batch_size, params.seed, steps * params.epochs),
         steps_per_epoch=steps,
         epochs=params.epochs,
         validation_data=(validation.images, validation.labels),

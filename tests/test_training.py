@@ -7,6 +7,7 @@ promise. Tiny images and a tiny network keep each run to a few seconds.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +98,18 @@ def test_steps_per_execution_divides_the_epoch() -> None:
     assert steps_per_execution(9) == 9
     assert steps_per_execution(97) == 1  # a prime: fall back to Keras' default
     assert steps_per_execution(40, limit=25) == 20
+
+
+def test_the_training_stream_serves_the_generators_batches() -> None:
+    """Under TensorFlow, fit reads a tf.data pipeline; it must hold the very same batches."""
+    from agegap.dataset import training_batches, training_stream
+
+    train, _ = tiny_sets()
+    batches = 7  # more than one pass over the 20 images at 8 per batch: reshuffles too
+    stream = training_stream(train, 8, seed=3, batches=batches)
+    expected = list(itertools.islice(training_batches(train, 8, seed=3), batches))
+    served = list(stream)
+    assert len(served) == batches
+    for (images, labels), (got_images, got_labels) in zip(expected, served, strict=True):
+        np.testing.assert_array_equal(np.asarray(got_images), images)
+        np.testing.assert_array_equal(np.asarray(got_labels), labels)
