@@ -303,7 +303,8 @@ def summarise(rows: list[Row], runs: list[Run]) -> list[dict[str, Any]]:
         ok = [run for run in mine if run.status == "Success"]
         line: dict[str, Any] = {
             "row": row.name,
-            "overrides": _short(row.overrides),
+            # Rows spell out their whole recipe, so the description is the readable part.
+            "what": row.description or _short(row.overrides),
             "runs": f"{len(ok)}/{len(mine)}",
         }
         for key in ("test_accuracy", "test_loss", "val_accuracy", "seconds_per_epoch"):
@@ -349,7 +350,7 @@ def write_report(
         "best epoch's; test figures are that epoch's model on the test split.",
         "",
         "| row | runs | test acc | test loss | best val acc | s/epoch "
-        "| blog val acc | blog test acc | blog test loss | overrides |",
+        "| blog val acc | blog test acc | blog test loss | what (experiments.yaml) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for line in table:
@@ -360,7 +361,7 @@ def write_report(
             f"| {_pm(line['val_accuracy_mean'], line['val_accuracy_std'], 100)} "
             f"| {_pm(line['seconds_per_epoch_mean'], line['seconds_per_epoch_std'], 1, 2)} "
             f"| {_blog(line['blog_val_accuracy'], 100)} | {_blog(line['blog_test_accuracy'], 100)} "
-            f"| {_blog(line['blog_test_loss'], 1, 3)} | {line['overrides']} |"
+            f"| {_blog(line['blog_test_loss'], 1, 3)} | {line['what']} |"
         )
     failed = [run for run in runs if run.status != "Success"]
     if failed:
