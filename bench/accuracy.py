@@ -61,6 +61,27 @@ def _stage(name: str, workspace: Path) -> None:
         raise RuntimeError(f"stage {name} failed in {workspace}: {' '.join(tail)}")
 
 
+def flip_scores(workspace: Path) -> dict[str, float]:
+    """Test accuracy of the run's model without and with flip TTA.
+
+    TTA only changes how the evaluate stage scores a model, and training is
+    deterministic, so the ``tta`` lever is measured on every run's own model for free
+    (a separate ``tta`` run would retrain the very same weights). Uses ``agegap score``,
+    which shares its code with the evaluate stage.
+    """
+    scores = {}
+    for key, flag in (("test_accuracy_plain", []), ("test_accuracy_tta", ["--tta-flip"])):
+        result = subprocess.run(
+            [sys.executable, "-m", "agegap.cli", "score", "data/split/test", "--json", *flag],
+            cwd=workspace, env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True,
+        )
+        if result.returncode:
+            raise RuntimeError(f"agegap score failed in {workspace}: {result.stderr[-300:]}")
+        scores[key] = json.loads(result.stdout)["accuracy"]
+    return scores
+
+
 def run_once(
     work: Path, raw: Path, recipe: str, overrides: dict, strategy: str, seed: int, epochs: int
 ) -> dict[str, Any]:
@@ -97,6 +118,7 @@ def run_once(
         "epochs_run": trained.get("epochs_run", epochs),
         "seconds_per_epoch": trained["seconds_per_epoch"],
         "wall_seconds": time.perf_counter() - started,
+        **flip_scores(workspace),
     }
 
 
@@ -108,6 +130,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for (recipe, strategy, epochs), members in groups.items():
         accuracies = [m["test_accuracy"] for m in members]
+        flipped = [m for m in members if "test_accuracy_tta" in m]
         summary.append({
             "recipe": recipe,
             "strategy": strategy,
@@ -119,6 +142,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "val_mean": statistics.fmean(m["best_val_accuracy"] for m in members),
             "best_epoch_mean": statistics.fmean(m["best_epoch"] for m in members),
             "seconds_per_epoch": statistics.fmean(m["seconds_per_epoch"] for m in members),
+            # Paired: the same models scored without and with flip TTA.
+            "tta_runs": len(flipped),
+            "tta_gain": statistics.fmean(
+                m["test_accuracy_tta"] - m["test_accuracy_plain"] for m in flipped
+            ) if flipped else None,
         })
     return sorted(summary, key=lambda s: (s["strategy"], s["recipe"], s["epochs"]))
 
@@ -129,20 +157,26 @@ def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
         "by `python bench/accuracy.py`; one training seed per split seed.",
         "",
         "| split | recipe | epochs | runs (seeds) | test accuracy, mean ± sd | best val acc | "
-        "best epoch | s/epoch |",
-        "|---|---|---|---|---|---|---|---|",
+        "best epoch | s/epoch | flip TTA on the same models, gain (runs) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
             f"| {s['strategy']} | {s['recipe']} | {s['epochs']} | {s['runs']} "
             f"({', '.join(map(str, s['seeds']))}) | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} "
             f"| {100 * s['val_mean']:.2f} | {s['best_epoch_mean']:.0f} "
-            f"| {s['seconds_per_epoch']:.2f} |"
+            f"| {s['seconds_per_epoch']:.2f} | {_gain(s)} |"
         )
     lines += ["", "Recipes (overrides of `params.yaml`):", ""]
     for name in sorted({s["recipe"] for s in summary}):
         lines.append(f"- `{name}`: `{json.dumps(recipes.get(name, {}), sort_keys=True)}`")
     return "\n".join(lines) + "\n"
+
+
+def _gain(summary: dict[str, Any]) -> str:
+    if summary["tta_gain"] is None:
+        return ""
+    return f"{100 * summary['tta_gain']:+.2f} ({summary['tta_runs']})"
 
 
 def main() -> None:
@@ -185,6 +219,11 @@ def main() -> None:
                 print(f"{recipe:>16} {strategy:>8} seed {seed}: test {row['test_accuracy']:.4f} "
                       f"val {row['best_val_accuracy']:.4f} ({row['wall_seconds']:.0f} s)",
                       flush=True)
+    for row in done:  # runs made before flip_scores existed, whose models are still there
+        workspace = args.work / f"{row['recipe']}-{row['strategy']}-{row['seed']}"
+        if "test_accuracy_tta" not in row and (workspace / "models" / "model.keras").is_file():
+            row.update(flip_scores(workspace))
+    results_file.write_text("".join(json.dumps(d) + "\n" for d in done), encoding="utf-8")
     wanted = [d for d in done if d["recipe"] in args.recipes and d["epochs"] == args.epochs
               and d["overrides"] == recipes[d["recipe"]]]
     report = markdown(summarise(wanted), recipes)
