@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agegap.params import load_params
 from tests.conftest import run
 from tests.synthetic import SyntheticArchive
 
@@ -37,6 +38,8 @@ def test_score_on_test_split_equals_evaluate_metrics(
             "--json",
             "--model",
             str(project / "models" / "model.keras"),
+            # as the stage scored: flip TTA is on in params.yaml since issue 8
+            *(["--tta-flip"] if load_params(project / "params.yaml").tta_flip else []),
         ],
         project,
     )

@@ -18,14 +18,6 @@ from agegap.training import train_model
 tf_keras_image = pytest.importorskip("tf_keras.preprocessing.image")
 
 
-def test_levers_are_off_by_default() -> None:
-    params = Params()
-    assert not params.batch_norm and params.lr_schedule == "constant"
-    assert params.weight_decay == 0 and params.label_smoothing == 0
-    assert params.early_stopping_patience == 0 and not params.tta_flip
-    assert params.augment_rotate_degrees == 0 and params.augment_shift == 0
-
-
 def test_rotation_matches_keras2_apply_affine_transform() -> None:
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (40, 40, 3)).astype(np.float32)

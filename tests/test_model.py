@@ -80,6 +80,7 @@ def test_pooling_before_a_monotonic_activation_changes_no_number(activation: str
     params = Params(
         image_size=32, conv_filters=(4, 8), kernel_size=3, activation=activation,
         leaky_relu_slope=0.1, dense_units=8, dropout=0.0, precision="float32",
+        batch_norm=False,
     )
     model = build_model(params)
     twin = _blog_order_twin(model, params)

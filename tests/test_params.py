@@ -21,13 +21,31 @@ def test_params_yaml_is_flat_and_matches_the_typed_defaults() -> None:
     assert loaded == Params()
 
 
-def test_defaults_are_the_blogs_best_recipe() -> None:
+def test_defaults_are_the_blogs_best_network_with_issue_8s_levers() -> None:
     params = Params()
     assert params.kernel_size == 5 and params.padding == "same"
     assert params.activation == "relu" and params.dense_units == 64
     assert params.dropout == 0.1 and params.optimizer == "adam"
     assert params.batch_size == 16 and params.epochs == 100
     assert params.conv_filters == (32, 32, 64)
+    assert params.batch_norm and params.lr_schedule == "cosine" and params.tta_flip
+    assert (params.augment_rotate_degrees, params.augment_shift) == (10.0, 0.1)
+    assert (params.label_smoothing, params.weight_decay) == (0.1, 0.004)
+
+
+def test_the_blog_recipe_stays_a_row_of_the_study_and_of_the_protocol() -> None:
+    """Both spell the blog's recipe out whole, so they mean it whatever the defaults are."""
+    from flows.experiments import load_study
+
+    row = next(r for r in load_study(REPO / "experiments.yaml") if r.name == "dropout-0.1")
+    recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
+    for recipe in (row.overrides, recipes["blog"]):
+        blog = Params(**{**recipe, "conv_filters": tuple(recipe["conv_filters"])})
+        assert (blog.kernel_size, blog.dropout, blog.optimizer) == (5, 0.1, "adam")
+        assert not blog.batch_norm and blog.lr_schedule == "constant" and not blog.tta_flip
+        assert blog.augment_rotate_degrees == blog.augment_shift == 0.0
+        assert blog.label_smoothing == blog.weight_decay == 0.0
+        assert (blog.augment_shear_degrees, blog.augment_zoom) == (0.2, 0.2)
 
 
 def test_every_stage_lists_only_known_params_and_data_stages_no_training_keys() -> None:
