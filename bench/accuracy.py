@@ -167,9 +167,15 @@ def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
             f"| {100 * s['val_mean']:.2f} | {s['best_epoch_mean']:.0f} "
             f"| {s['seconds_per_epoch']:.2f} | {_gain(s)} |"
         )
-    lines += ["", "Recipes (overrides of `params.yaml`):", ""]
+    lines += ["", "Recipes (the params.yaml keys each run sets; bench/accuracy_recipes.yaml):", ""]
+    base = recipes.get("blog", {})
     for name in sorted({s["recipe"] for s in summary}):
-        lines.append(f"- `{name}`: `{json.dumps(recipes.get(name, {}), sort_keys=True)}`")
+        recipe = recipes.get(name, {})
+        if name == "blog":
+            lines.append(f"- `blog`: `{json.dumps(recipe, sort_keys=True)}`")
+            continue
+        changed = {k: v for k, v in recipe.items() if base.get(k) != v}
+        lines.append(f"- `{name}`: `blog` with `{json.dumps(changed, sort_keys=True)}`")
     return "\n".join(lines) + "\n"
 
 
