@@ -157,20 +157,19 @@ def child_project(
     import keras
 
     from agegap.dataset import ImageSet
-    from agegap.params import Params
+    from agegap.params import params_from_dict
     from agegap.runtime import accelerator_name, configure
     from agegap.training import train_model
 
     arrays = np.load(data / "arrays.npz")
     recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
-    blog = {**recipes["blog"], "conv_filters": tuple(recipes["blog"]["conv_filters"])}
     overrides: dict[str, Any] = {
-        **blog,
+        **recipes["blog"],
         "batch_size": batch_size, "epochs": epochs, "train_images_per_epoch": images
     }
     if not augment:
         overrides.update(augment_shear_degrees=0.0, augment_zoom=0.0, augment_flip=False)
-    params = Params(**overrides)
+    params = params_from_dict(overrides, source="bench/accuracy_recipes.yaml")
     settings = configure(params)
     train = ImageSet(arrays["train_x"], arrays["train_y"], ())
     validation = ImageSet(arrays["validation_x"], arrays["validation_y"], ())

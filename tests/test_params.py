@@ -40,7 +40,7 @@ def test_the_blog_recipe_stays_a_row_of_the_study_and_of_the_protocol() -> None:
     row = next(r for r in load_study(REPO / "experiments.yaml") if r.name == "dropout-0.1")
     recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
     for recipe in (row.overrides, recipes["blog"]):
-        blog = Params(**{**recipe, "conv_filters": tuple(recipe["conv_filters"])})
+        blog = params_from_dict(recipe)
         assert (blog.kernel_size, blog.dropout, blog.optimizer) == (5, 0.1, "adam")
         assert not blog.batch_norm and blog.lr_schedule == "constant" and not blog.tta_flip
         assert blog.augment_rotate_degrees == blog.augment_shift == 0.0
