@@ -99,5 +99,6 @@ def configure(params: Params) -> dict[str, str | bool]:
         "precision": precision,
         "deterministic": deterministic,
         "device": "gpu" if has_gpu() else "cpu",
+        "accelerator": accelerator_name(),
         "cpu_threads": str(os.cpu_count()),
     }

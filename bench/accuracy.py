@@ -8,6 +8,10 @@ resumes where it stopped; the report gives mean ± standard deviation over seeds
 
     python bench/accuracy.py --recipes blog ours --epochs 100
     python bench/accuracy.py --recipes ours --strategies identity --seeds 0 --epochs 30
+    KERAS_BACKEND=jax python bench/accuracy.py --jobs 12 --no-dvclive   # one GPU, many runs
+
+Runs on a GPU record ``device: gpu`` and are summarised apart from CPU runs: the
+precision (bfloat16) and the kernels differ, so their numbers are not pooled.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +55,15 @@ def prepare_raw(work: Path, archive: Path) -> Path:
     return raw_home / "data" / "raw"
 
 
-def _stage(name: str, workspace: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _child_env() -> dict[str, str]:
+    """The stages import ``agegap`` from this checkout, and whatever PYTHONPATH adds."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def _stage(name: str, workspace: Path, *options: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", f"stages.{name}"], cwd=workspace, env=env,
+        [sys.executable, "-m", f"stages.{name}", *options], cwd=workspace, env=_child_env(),
         capture_output=True, text=True,
     )
     if result.returncode:
@@ -73,7 +83,7 @@ def flip_scores(workspace: Path) -> dict[str, float]:
     for key, flag in (("test_accuracy_plain", []), ("test_accuracy_tta", ["--tta-flip"])):
         result = subprocess.run(
             [sys.executable, "-m", "agegap.cli", "score", "data/split/test", "--json", *flag],
-            cwd=workspace, env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=workspace, env=_child_env(),
             capture_output=True, text=True,
         )
         if result.returncode:
@@ -83,9 +93,10 @@ def flip_scores(workspace: Path) -> dict[str, float]:
 
 
 def run_once(
-    work: Path, raw: Path, recipe: str, overrides: dict, strategy: str, seed: int, epochs: int
+    work: Path, raw: Path, recipe: str, overrides: dict, strategy: str, seed: int, epochs: int,
+    *, dvclive: bool = True,
 ) -> dict[str, Any]:
-    """One pipeline run; returns its test and validation scores and timing."""
+    """One pipeline run; returns its test and validation scores, timing and device."""
     workspace = work / f"{recipe}-{strategy}-{seed}"
     (workspace / "data").mkdir(parents=True, exist_ok=True)
     link = workspace / "data" / "raw"
@@ -100,8 +111,9 @@ def run_once(
     }
     (workspace / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     started = time.perf_counter()
-    for stage in ("split", "train", "evaluate"):
-        _stage(stage, workspace)
+    _stage("split", workspace)
+    _stage("train", workspace, *([] if dvclive else ["--no-dvclive"]))
+    _stage("evaluate", workspace)
     test = json.loads((workspace / "metrics.json").read_text(encoding="utf-8"))
     trained = json.loads((workspace / "train_metrics.json").read_text(encoding="utf-8"))
     return {
@@ -118,23 +130,36 @@ def run_once(
         "epochs_run": trained.get("epochs_run", epochs),
         "seconds_per_epoch": trained["seconds_per_epoch"],
         "wall_seconds": time.perf_counter() - started,
+        "backend": trained["backend"],
+        "device": trained["device"],
+        "precision": trained["precision"],
+        "machine": f"{platform.node() or 'unknown'}, {trained['cpu_threads']} CPU threads, "
+                   f"{trained['accelerator']}",
         **flip_scores(workspace),
     }
 
 
+def device_of(row: dict[str, Any]) -> str:
+    """Where a run trained; rows stored before this was recorded all ran on the CPU."""
+    return row.get("device", "cpu")
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation of test accuracy per recipe, strategy and epochs."""
+    """Mean and standard deviation of test accuracy per recipe, strategy, epochs, device."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["recipe"], row["strategy"], row["epochs"]), []).append(row)
+        key = (row["recipe"], row["strategy"], row["epochs"], device_of(row))
+        groups.setdefault(key, []).append(row)
     summary = []
-    for (recipe, strategy, epochs), members in groups.items():
+    for (recipe, strategy, epochs, device), members in groups.items():
         accuracies = [m["test_accuracy"] for m in members]
         flipped = [m for m in members if "test_accuracy_tta" in m]
         summary.append({
             "recipe": recipe,
             "strategy": strategy,
             "epochs": epochs,
+            "device": device,
+            "machines": sorted({m["machine"] for m in members if "machine" in m}),
             "runs": len(members),
             "seeds": sorted(m["seed"] for m in members),
             "mean": statistics.fmean(accuracies),
@@ -148,21 +173,24 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 m["test_accuracy_tta"] - m["test_accuracy_plain"] for m in flipped
             ) if flipped else None,
         })
-    return sorted(summary, key=lambda s: (s["strategy"], s["recipe"], s["epochs"]))
+    return sorted(
+        summary, key=lambda s: (s["device"], s["strategy"], s["recipe"], s["epochs"])
+    )
 
 
 def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
+    machines = sorted({m for s in summary for m in s["machines"]}) or ["not recorded"]
     lines = [
-        f"Measured on {platform.node() or 'this machine'} ({os.cpu_count()} CPU threads), "
-        "by `python bench/accuracy.py`; one training seed per split seed.",
+        "Measured by `python bench/accuracy.py`; one training seed per split seed. "
+        f"Machines: {'; '.join(machines)}.",
         "",
-        "| split | recipe | epochs | runs (seeds) | test accuracy, mean ± sd | best val acc | "
-        "best epoch | s/epoch | flip TTA on the same models, gain (runs) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| device | split | recipe | epochs | runs (seeds) | test accuracy, mean ± sd "
+        "| best val acc | best epoch | s/epoch | flip TTA on the same models, gain (runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
-            f"| {s['strategy']} | {s['recipe']} | {s['epochs']} | {s['runs']} "
+            f"| {s['device']} | {s['strategy']} | {s['recipe']} | {s['epochs']} | {s['runs']} "
             f"({', '.join(map(str, s['seeds']))}) | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} "
             f"| {100 * s['val_mean']:.2f} | {s['best_epoch_mean']:.0f} "
             f"| {s['seconds_per_epoch']:.2f} | {_gain(s)} |"
@@ -196,6 +224,10 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--work", type=Path, default=REPO / ".bench-accuracy",
                         help="scratch folder (git-ignored); results.jsonl there lets a run resume")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (a GPU has room for many of these small models)")
+    parser.add_argument("--no-dvclive", action="store_true",
+                        help="train without DVCLive curves, on a machine without DVC")
     parser.add_argument("--report", type=Path, default=REPO / "reports" / "accuracy-runs.md")
     args = parser.parse_args()
 
@@ -203,6 +235,8 @@ def main() -> None:
     unknown = [r for r in args.recipes if r not in recipes]
     if unknown:
         raise SystemExit(f"error: {args.recipes_file}: no recipe {unknown}; have {sorted(recipes)}")
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs {args.jobs}: must be at least 1")
     if not args.archive.is_file():
         raise SystemExit(f"error: {args.archive}: no such archive (--archive PATH)")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -210,32 +244,43 @@ def main() -> None:
     done = [json.loads(line) for line in results_file.read_text().splitlines()] \
         if results_file.exists() else []
     raw = prepare_raw(args.work, args.archive)
-    for recipe in args.recipes:
-        for strategy in args.strategies:
-            for seed in args.seeds:
-                key = (recipe, strategy, seed, args.epochs)
-                if any((d["recipe"], d["strategy"], d["seed"], d["epochs"]) == key and
-                       d["overrides"] == recipes[recipe] for d in done):
-                    continue
-                row = run_once(args.work, raw, recipe, recipes[recipe], strategy, seed,
-                               args.epochs)
-                done.append(row)
-                with results_file.open("a", encoding="utf-8") as stream:
-                    stream.write(json.dumps(row) + "\n")
-                print(f"{recipe:>16} {strategy:>8} seed {seed}: test {row['test_accuracy']:.4f} "
-                      f"val {row['best_val_accuracy']:.4f} ({row['wall_seconds']:.0f} s)",
-                      flush=True)
-    for row in done:  # runs made before flip_scores existed, whose models are still there
-        workspace = args.work / f"{row['recipe']}-{row['strategy']}-{row['seed']}"
-        if "test_accuracy_tta" not in row and (workspace / "models" / "model.keras").is_file():
-            row.update(flip_scores(workspace))
-    results_file.write_text("".join(json.dumps(d) + "\n" for d in done), encoding="utf-8")
+    pending = [
+        (recipe, strategy, seed)
+        for recipe in args.recipes for strategy in args.strategies for seed in args.seeds
+        if not any((d["recipe"], d["strategy"], d["seed"], d["epochs"]) ==
+                   (recipe, strategy, seed, args.epochs) and d["overrides"] == recipes[recipe]
+                   for d in done)
+    ]
+    failures = []
+    # Each run is three stage processes; several at once share the cores (or one GPU).
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            pool.submit(run_once, args.work, raw, recipe, recipes[recipe], strategy, seed,
+                        args.epochs, dvclive=not args.no_dvclive): (recipe, strategy, seed)
+            for recipe, strategy, seed in pending
+        }
+        for future in as_completed(futures):
+            recipe, strategy, seed = futures[future]
+            try:
+                row = future.result()
+            except RuntimeError as error:  # one broken run should not lose the others
+                failures.append(str(error))
+                print(f"error: {recipe} {strategy} seed {seed}: {error}", flush=True)
+                continue
+            done.append(row)
+            with results_file.open("a", encoding="utf-8") as stream:
+                stream.write(json.dumps(row) + "\n")
+            print(f"{recipe:>16} {strategy:>8} seed {seed}: test {row['test_accuracy']:.4f} "
+                  f"val {row['best_val_accuracy']:.4f} ({row['wall_seconds']:.0f} s)",
+                  flush=True)
     wanted = [d for d in done if d["recipe"] in args.recipes and d["epochs"] == args.epochs
               and d["overrides"] == recipes[d["recipe"]]]
     report = markdown(summarise(wanted), recipes)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(report, encoding="utf-8")
     print(report)
+    if failures:
+        raise SystemExit(f"error: {len(failures)} of {len(pending)} runs failed")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Outputs: ``models/model.keras`` (the epoch with the best validation accuracy),
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib.util
 import shutil
 import sys
@@ -28,10 +30,15 @@ DVCLIVE_DIR = Path("dvclive")
 TENSORBOARD_DIR = Path("logs")
 
 
-def train(params: Params, root: Path = Path("."), *, verbose: int = 2) -> dict[str, Any]:
-    """Train on ``root/data/split`` and write the model, metrics and logs under ``root``."""
-    from dvclive import Live
+def train(
+    params: Params, root: Path = Path("."), *, verbose: int = 2, dvclive: bool = True
+) -> dict[str, Any]:
+    """Train on ``root/data/split`` and write the model, metrics and logs under ``root``.
 
+    ``dvclive=False`` skips the curves, and so the import of DVC, which a machine that
+    only trains (a JAX-only GPU box running ``bench/accuracy.py``) may not have; the
+    model and ``train_metrics.json`` do not depend on it.
+    """
     settings = configure(params)
     train_set = load_split("train", params.image_size, root)
     validation_set = load_split("validation", params.image_size, root)
@@ -41,10 +48,17 @@ def train(params: Params, root: Path = Path("."), *, verbose: int = 2) -> dict[s
         file=sys.stderr,
     )
     shutil.rmtree(root / TENSORBOARD_DIR, ignore_errors=True)
-    with atomic_path(root / MODEL_PATH) as staged_model, Live(
-        dir=str(root / DVCLIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None
-    ) as live:
-        callbacks: list[keras.callbacks.Callback] = [DVCLiveMetrics(live)]
+    with atomic_path(root / MODEL_PATH) as staged_model, contextlib.ExitStack() as stack:
+        callbacks: list[keras.callbacks.Callback] = []
+        if dvclive:
+            from dvclive import Live
+
+            live = stack.enter_context(
+                Live(dir=str(root / DVCLIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None)
+            )
+            callbacks.append(DVCLiveMetrics(live))
+        else:  # curves of an earlier run would not belong to this model
+            shutil.rmtree(root / DVCLIVE_DIR, ignore_errors=True)
         if importlib.util.find_spec("tensorflow") is not None:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(root / TENSORBOARD_DIR)))
         result = train_model(
@@ -61,8 +75,16 @@ def train(params: Params, root: Path = Path("."), *, verbose: int = 2) -> dict[s
 
 
 @exits_cleanly
-def main() -> None:
-    metrics = train(load_params())
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.train", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--no-dvclive", action="store_true",
+        help=f"write no {DVCLIVE_DIR}/ curves (no DVC needed); the model is the same",
+    )
+    args = parser.parse_args(argv)
+    metrics = train(load_params(), dvclive=not args.no_dvclive)
     print(
         f"train: best epoch {metrics['best_epoch']}/{metrics['epochs']}, "
         f"val_accuracy {metrics['best_val_accuracy']:.4f}, "
