@@ -1,0 +1,71 @@
+"""bench/accuracy.py: runs side by side, a broken run reported without losing the others,
+and CPU and GPU runs kept apart in the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import FAST_PARAMS, REPO, run
+
+BENCH = REPO / "bench" / "accuracy.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parallel_runs_without_dvclive_and_a_broken_recipe(tmp_path: Path, synthetic_zip) -> None:
+    fast = {**FAST_PARAMS, "epochs": 2}
+    recipes = tmp_path / "recipes.yaml"
+    recipes.write_text(yaml.safe_dump({
+        "small": fast,
+        "broken": {**fast, "dropout": 1.5},  # refused: a clear error, no row
+    }), encoding="utf-8")
+    work = tmp_path / "work"
+    result = run(
+        [sys.executable, str(BENCH), "--archive", str(synthetic_zip.path), "--work", str(work),
+         "--recipes-file", str(recipes), "--recipes", "small", "broken",
+         "--strategies", "image", "--seeds", "0", "1", "--epochs", "2", "--jobs", "3",
+         "--no-dvclive", "--report", str(tmp_path / "report.md")],
+        tmp_path, check=False,
+    )
+    assert result.returncode == 1
+    assert "2 of 4 runs failed" in result.stderr
+    assert "broken image seed 0: stage" in result.stdout and "dropout" in result.stdout
+
+    rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["recipe"], r["seed"]) for r in rows) == [("small", 0), ("small", 1)]
+    for row in rows:
+        assert row["device"] == "cpu" and row["epochs_run"] == 2
+        assert 0.0 <= row["test_accuracy_tta"] <= 1.0
+        assert "CPU threads" in row["machine"]
+        workspace = work / f"small-image-{row['seed']}"
+        assert (workspace / "models" / "model.keras").is_file()
+        assert not (workspace / "dvclive").exists()
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| cpu | image | small | 2 | 2 (0, 1) |" in report
+
+
+def test_cpu_and_gpu_runs_are_summarised_apart() -> None:
+    bench = load_bench()
+    row = {"recipe": "ours", "strategy": "identity", "epochs": 100, "seed": 0,
+           "best_val_accuracy": 0.9, "best_epoch": 50, "seconds_per_epoch": 1.0}
+    rows = [
+        {**row, "test_accuracy": 0.80},  # stored before devices were recorded: a CPU run
+        {**row, "seed": 1, "test_accuracy": 0.90, "device": "cpu"},
+        {**row, "test_accuracy": 0.50, "device": "gpu", "machine": "box, 16 CPU threads, H200"},
+    ]
+    summary = {s["device"]: s for s in bench.summarise(rows)}
+    assert summary["cpu"]["runs"] == 2 and abs(summary["cpu"]["mean"] - 0.85) < 1e-12
+    assert summary["gpu"]["runs"] == 1 and summary["gpu"]["mean"] == 0.50
+    report = bench.markdown(bench.summarise(rows), {"ours": {}})
+    assert "Machines: box, 16 CPU threads, H200." in report
+    assert "| gpu | identity | ours | 100 | 1 (0) | 50.00 ± 0.00 |" in report
