@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agegap import __version__
 from agegap.errors import exits_cleanly
+from agegap.params import project_tta_flip
 
 DEFAULT_MODEL = Path("models/model.keras")
 
@@ -132,9 +133,11 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tta-flip",
-        action="store_true",
-        help="average each face's score with its mirror image's, as the evaluate stage "
-        "does when params.yaml sets tta_flip: true (use it to reproduce those metrics)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each face's score with its mirror image's (or not); default: as "
+        "params.yaml's tta_flip says when run in the project folder, so the numbers are "
+        "the evaluate stage's, and off elsewhere",
     )
 
 
@@ -142,6 +145,7 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agegap`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    tta_flip = project_tta_flip() if args.tta_flip is None else args.tta_flip
     from agegap import commands  # imports Keras: only once the command line is valid
 
     if args.command == "predict":
@@ -151,14 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_format=args.format,
             detect_faces=args.detect_faces,
             annotate_dir=args.annotate,
-            tta_flip=args.tta_flip,
+            tta_flip=tta_flip,
         )
     return commands.score_command(
         args.folder,
         model_path=args.model,
         as_json=args.json,
         detect_faces=args.detect_faces,
-        tta_flip=args.tta_flip,
+        tta_flip=tta_flip,
     )
 
 

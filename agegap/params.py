@@ -243,6 +243,18 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     return params_from_dict(read_params_mapping(path), source=str(path))
 
 
+def project_tta_flip(path: Path | str = PARAMS_FILE) -> bool:
+    """``tta_flip`` of the project whose ``params.yaml`` is at ``path``; off without one.
+
+    So that ``agegap score data/split/test``, run in the project, scores as the evaluate
+    stage did without the user having to know which scoring the recipe uses.
+    """
+    if not Path(path).is_file():
+        return False
+    raw = read_params_mapping(path)
+    return _as_bool("tta_flip", raw.get("tta_flip", Params.tta_flip))
+
+
 def param_names() -> tuple[str, ...]:
     """Names of all known hyperparameters, in ``params.yaml`` order."""
     return tuple(f.name for f in dataclasses.fields(Params) if f.name != "extra")

@@ -561,6 +561,35 @@ def test_score_agrees_with_predict_and_scoring(
     assert status == 0 and json.loads(out)["n_images"] == 12
 
 
+def test_score_follows_the_projects_tta_flip(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a project folder the default is params.yaml's tta_flip, as the evaluate stage."""
+    folder = labelled_folder(tmp_path / "labelled")
+
+    def scores(*flags: str) -> dict:
+        status, out, err = run_cli(capsys, "score", folder, "--model", tiny_model, "--json",
+                                   *flags)
+        assert status == 0, err
+        return json.loads(out)
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: off
+    plain = scores("--no-tta-flip")
+    flipped = scores("--tta-flip")
+    assert flipped["loss"] != plain["loss"]  # so the comparisons below can tell them apart
+    assert scores() == plain
+    (tmp_path / "params.yaml").write_text("tta_flip: true\n", encoding="utf-8")
+    assert scores() == flipped
+    assert scores("--no-tta-flip") == plain
+    (tmp_path / "params.yaml").write_text("epochs: 3\n", encoding="utf-8")
+    assert scores() == flipped  # a missing key takes the default, as in the stages
+    (tmp_path / "params.yaml").write_text("tta_flip: maybe\n", encoding="utf-8")
+    status, _, err = run_cli(capsys, "score", folder, "--model", tiny_model)
+    assert status == 1
+    assert err.strip() == "error: params.yaml: tta_flip='maybe' is invalid: expected true or false"
+
+
 def test_score_reports_bad_files_and_scores_the_rest(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from agegap.params import load_params
 from tests.conftest import run
 from tests.synthetic import SyntheticArchive
 
@@ -38,9 +37,7 @@ def test_score_on_test_split_equals_evaluate_metrics(
             "--json",
             "--model",
             str(project / "models" / "model.keras"),
-            # as the stage scored: flip TTA is on in params.yaml since issue 8
-            *(["--tta-flip"] if load_params(project / "params.yaml").tta_flip else []),
-        ],
+        ],  # no --tta-flip: in the project folder, score follows params.yaml's tta_flip
         project,
     )
     scores = json.loads(result.stdout)
