@@ -139,6 +139,12 @@ def run_once(
     }
 
 
+def at_chance(row: dict[str, Any]) -> bool:
+    """A run whose model never beat a coin on validation: training broke, not a recipe's
+    honest score. Counted apart so a reader sees it, and still in the mean."""
+    return row["best_val_accuracy"] <= 0.5
+
+
 def device_of(row: dict[str, Any]) -> str:
     """Where a run trained; rows stored before this was recorded all ran on the CPU."""
     return row.get("device", "cpu")
@@ -161,6 +167,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "device": device,
             "machines": sorted({m["machine"] for m in members if "machine" in m}),
             "runs": len(members),
+            "at_chance": sum(at_chance(m) for m in members),
             "seeds": sorted(m["seed"] for m in members),
             "mean": statistics.fmean(accuracies),
             "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
@@ -185,15 +192,16 @@ def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
         f"Machines: {'; '.join(machines)}.",
         "",
         "| device | split | recipe | epochs | runs (seeds) | test accuracy, mean ± sd "
-        "| best val acc | best epoch | s/epoch | flip TTA on the same models, gain (runs) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| best val acc | best epoch | s/epoch | flip TTA on the same models, gain (runs) "
+        "| runs at chance (val ≤ 50%) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
             f"| {s['device']} | {s['strategy']} | {s['recipe']} | {s['epochs']} | {s['runs']} "
             f"({', '.join(map(str, s['seeds']))}) | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} "
             f"| {100 * s['val_mean']:.2f} | {s['best_epoch_mean']:.0f} "
-            f"| {s['seconds_per_epoch']:.2f} | {_gain(s)} |"
+            f"| {s['seconds_per_epoch']:.2f} | {_gain(s)} | {s['at_chance']} |"
         )
     lines += ["", "Recipes (the params.yaml keys each run sets; bench/accuracy_recipes.yaml):", ""]
     base = recipes.get("blog", {})
@@ -213,36 +221,15 @@ def _gain(summary: dict[str, Any]) -> str:
     return f"{100 * summary['tta_gain']:+.2f} ({summary['tta_runs']})"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", nargs="+", default=["blog", "ours"])
-    parser.add_argument("--recipes-file", type=Path, default=RECIPES_FILE)
-    parser.add_argument("--strategies", nargs="+", default=["image", "identity"],
-                        choices=["image", "identity"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
-    parser.add_argument("--work", type=Path, default=REPO / ".bench-accuracy",
-                        help="scratch folder (git-ignored); results.jsonl there lets a run resume")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at once (a GPU has room for many of these small models)")
-    parser.add_argument("--no-dvclive", action="store_true",
-                        help="train without DVCLive curves, on a machine without DVC")
-    parser.add_argument("--report", type=Path, default=REPO / "reports" / "accuracy-runs.md")
-    args = parser.parse_args()
+def run_pending(
+    args: argparse.Namespace, recipes: dict[str, dict], done: list[dict], results_file: Path
+) -> list[str]:
+    """Run what ``done`` lacks, ``args.jobs`` at a time; append each row as it comes.
 
-    recipes = load_recipes(args.recipes_file)
-    unknown = [r for r in args.recipes if r not in recipes]
-    if unknown:
-        raise SystemExit(f"error: {args.recipes_file}: no recipe {unknown}; have {sorted(recipes)}")
-    if args.jobs < 1:
-        raise SystemExit(f"error: --jobs {args.jobs}: must be at least 1")
-    if not args.archive.is_file():
-        raise SystemExit(f"error: {args.archive}: no such archive (--archive PATH)")
+    Returns the runs that failed: one broken run is reported, not allowed to lose the
+    others' hours.
+    """
     args.work.mkdir(parents=True, exist_ok=True)
-    results_file = args.work / "results.jsonl"
-    done = [json.loads(line) for line in results_file.read_text().splitlines()] \
-        if results_file.exists() else []
     raw = prepare_raw(args.work, args.archive)
     pending = [
         (recipe, strategy, seed)
@@ -263,8 +250,8 @@ def main() -> None:
             recipe, strategy, seed = futures[future]
             try:
                 row = future.result()
-            except RuntimeError as error:  # one broken run should not lose the others
-                failures.append(str(error))
+            except RuntimeError as error:
+                failures.append(f"{recipe} {strategy} seed {seed}")
                 print(f"error: {recipe} {strategy} seed {seed}: {error}", flush=True)
                 continue
             done.append(row)
@@ -273,6 +260,45 @@ def main() -> None:
             print(f"{recipe:>16} {strategy:>8} seed {seed}: test {row['test_accuracy']:.4f} "
                   f"val {row['best_val_accuracy']:.4f} ({row['wall_seconds']:.0f} s)",
                   flush=True)
+    return failures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", nargs="+", default=["blog", "ours"])
+    parser.add_argument("--recipes-file", type=Path, default=RECIPES_FILE)
+    parser.add_argument("--strategies", nargs="+", default=["image", "identity"],
+                        choices=["image", "identity"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--work", type=Path, default=REPO / ".bench-accuracy",
+                        help="scratch folder (git-ignored); results.jsonl there lets a run resume")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (a GPU has room for many of these small models)")
+    parser.add_argument("--no-dvclive", action="store_true",
+                        help="train without DVCLive curves, on a machine without DVC")
+    parser.add_argument("--results", type=Path,
+                        help="the runs' JSON lines (default: WORK/results.jsonl)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the report of --results")
+    parser.add_argument("--report", type=Path, default=REPO / "reports" / "accuracy-runs.md")
+    args = parser.parse_args()
+
+    recipes = load_recipes(args.recipes_file)
+    unknown = [r for r in args.recipes if r not in recipes]
+    if unknown:
+        raise SystemExit(f"error: {args.recipes_file}: no recipe {unknown}; have {sorted(recipes)}")
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs {args.jobs}: must be at least 1")
+    results_file = args.results or args.work / "results.jsonl"
+    done = [json.loads(line) for line in results_file.read_text().splitlines()] \
+        if results_file.exists() else []
+    failures: list[str] = []
+    if not args.report_only:
+        if not args.archive.is_file():
+            raise SystemExit(f"error: {args.archive}: no such archive (--archive PATH)")
+        failures = run_pending(args, recipes, done, results_file)
     wanted = [d for d in done if d["recipe"] in args.recipes and d["epochs"] == args.epochs
               and d["overrides"] == recipes[d["recipe"]]]
     report = markdown(summarise(wanted), recipes)
@@ -280,7 +306,7 @@ def main() -> None:
     args.report.write_text(report, encoding="utf-8")
     print(report)
     if failures:
-        raise SystemExit(f"error: {len(failures)} of {len(pending)} runs failed")
+        raise SystemExit(f"error: {', '.join(failures)} failed")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def test_parallel_runs_without_dvclive_and_a_broken_recipe(tmp_path: Path, synth
         tmp_path, check=False,
     )
     assert result.returncode == 1
-    assert "2 of 4 runs failed" in result.stderr
+    assert "error: broken image seed 0, broken image seed 1 failed" in result.stderr
     assert "broken image seed 0: stage" in result.stdout and "dropout" in result.stdout
 
     rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
@@ -53,6 +53,13 @@ def test_parallel_runs_without_dvclive_and_a_broken_recipe(tmp_path: Path, synth
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| cpu | image | small | 2 | 2 (0, 1) |" in report
 
+    # --report-only rewrites the report from the rows alone: no archive, no run
+    again = tmp_path / "again.md"
+    run([sys.executable, str(BENCH), "--report-only", "--results", str(work / "results.jsonl"),
+         "--archive", str(tmp_path / "absent.zip"), "--recipes-file", str(recipes),
+         "--recipes", "small", "--epochs", "2", "--report", str(again)], tmp_path)
+    assert again.read_text(encoding="utf-8") == report
+
 
 def test_cpu_and_gpu_runs_are_summarised_apart() -> None:
     bench = load_bench()
@@ -61,11 +68,15 @@ def test_cpu_and_gpu_runs_are_summarised_apart() -> None:
     rows = [
         {**row, "test_accuracy": 0.80},  # stored before devices were recorded: a CPU run
         {**row, "seed": 1, "test_accuracy": 0.90, "device": "cpu"},
-        {**row, "test_accuracy": 0.50, "device": "gpu", "machine": "box, 16 CPU threads, H200"},
+        {**row, "test_accuracy": 0.50, "best_val_accuracy": 0.5, "device": "gpu",
+         "machine": "box, 16 CPU threads, H200"},  # training broke: flagged, still counted
     ]
     summary = {s["device"]: s for s in bench.summarise(rows)}
     assert summary["cpu"]["runs"] == 2 and abs(summary["cpu"]["mean"] - 0.85) < 1e-12
     assert summary["gpu"]["runs"] == 1 and summary["gpu"]["mean"] == 0.50
+    assert (summary["cpu"]["at_chance"], summary["gpu"]["at_chance"]) == (0, 1)
     report = bench.markdown(bench.summarise(rows), {"ours": {}})
     assert "Machines: box, 16 CPU threads, H200." in report
-    assert "| gpu | identity | ours | 100 | 1 (0) | 50.00 ± 0.00 |" in report
+    gpu_line = next(line for line in report.splitlines() if line.startswith("| gpu |"))
+    assert gpu_line.startswith("| gpu | identity | ours | 100 | 1 (0) | 50.00 ± 0.00 |")
+    assert gpu_line.endswith("| 1 |")
