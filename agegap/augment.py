@@ -29,6 +29,8 @@ from keras import ops
 class BlogAugmentation(keras.layers.Layer):
     """Random shear (degrees), per-axis zoom and horizontal flip; active only in training.
 
+    Issue 8 adds rotation, shift and cutout, all off by default (the blog had none).
+
     Matches Keras 2's ``apply_affine_transform``: the matrix maps output pixels to
     input pixels around the image centre, bilinear sampling, ``fill_mode="nearest"``,
     and the flip applied after the affine part.
@@ -41,6 +43,7 @@ class BlogAugmentation(keras.layers.Layer):
         flip: bool = True,
         rotate_degrees: float = 0.0,
         shift: float = 0.0,
+        cutout: float = 0.0,
         seed: int | None = None,
         **kwargs: object,
     ) -> None:
@@ -51,6 +54,7 @@ class BlogAugmentation(keras.layers.Layer):
         self.flip = bool(flip)
         self.rotate_degrees = float(rotate_degrees)
         self.shift = float(shift)
+        self.cutout = float(cutout)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
@@ -63,19 +67,39 @@ class BlogAugmentation(keras.layers.Layer):
             and not self.flip
             and self.rotate_degrees == 0
             and self.shift == 0
+            and self.cutout == 0
         )
 
     def call(self, images, training: bool = False):
         images = ops.cast(images, self.compute_dtype)
         if not training or self.is_identity:
             return images
-        return ops.image.affine_transform(
+        images = ops.image.affine_transform(
             images,
             self.random_transforms(ops.shape(images)),
             interpolation="bilinear",
             fill_mode="nearest",
             data_format="channels_last",
         )
+        return self.cut_out(images) if self.cutout else images
+
+    def cut_out(self, images):
+        """Cutout (DeVries and Taylor, 2017): one square per image, ``cutout`` of the side,
+        centred anywhere (so it may be clipped at the border), filled with the image's mean
+        colour so that it hides rather than adds an edge. Drawn after the affine part, so
+        runs without cutout keep every random draw they had before it existed."""
+        shape = ops.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        dtype = self.compute_dtype
+        centres = keras.random.uniform((2, batch), 0, 1, dtype=dtype, seed=self.seed_generator)
+        rows = ops.arange(height, dtype=dtype)[None, :] + 0.5
+        cols = ops.arange(width, dtype=dtype)[None, :] + 0.5
+        half_rows = self.cutout * ops.cast(height, dtype) / 2
+        half_cols = self.cutout * ops.cast(width, dtype) / 2
+        in_rows = ops.abs(rows - centres[0][:, None] * ops.cast(height, dtype)) < half_rows
+        in_cols = ops.abs(cols - centres[1][:, None] * ops.cast(width, dtype)) < half_cols
+        inside = ops.logical_and(in_rows[:, :, None, None], in_cols[:, None, :, None])
+        return ops.where(inside, ops.mean(images, axis=(1, 2), keepdims=True), images)
 
     def random_transforms(self, shape):
         """One ``[a0, a1, a2, b0, b1, b2, 0, 0]`` row per image (output -> input pixel)."""
@@ -128,6 +152,7 @@ class BlogAugmentation(keras.layers.Layer):
             flip=self.flip,
             rotate_degrees=self.rotate_degrees,
             shift=self.shift,
+            cutout=self.cutout,
             seed=self.seed,
         )
         return config

@@ -45,6 +45,7 @@ def build_model(params: Params) -> keras.Model:
         flip=params.augment_flip,
         rotate_degrees=params.augment_rotate_degrees,
         shift=params.augment_shift,
+        cutout=params.augment_cutout,
         seed=params.seed,
         name="augmentation",
     )(inputs)

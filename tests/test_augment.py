@@ -147,8 +147,49 @@ def test_parameter_ranges() -> None:
     assert 0.45 < np.mean(a0 < 0) < 0.55
 
 
+def test_cutout_hides_one_square_per_image_with_its_mean_colour() -> None:
+    batch = np.random.default_rng(5).integers(0, 256, (64, 40, 40, 3), dtype=np.uint8)
+    plain = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, seed=0)
+    assert plain.is_identity
+    layer = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, cutout=0.25, seed=0)
+    assert not layer.is_identity
+    out = ops.convert_to_numpy(layer(batch, training=True))
+    sides = []
+    for image, result in zip(batch.astype(np.float32), out, strict=True):
+        changed = np.any(result != image, axis=-1)
+        rows, cols = np.nonzero(changed)
+        # one axis-aligned rectangle, at most 10 x 10 pixels (a quarter of 40), less where
+        # the border clips it, filled with the image's mean colour
+        assert rows.size > 0
+        box = np.s_[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert changed[box].all() and changed.sum() == changed[box].size
+        assert changed[box].shape[0] <= 10 and changed[box].shape[1] <= 10
+        np.testing.assert_allclose(result[box], np.broadcast_to(
+            image.mean(axis=(0, 1)), result[box].shape), rtol=1e-5)
+        sides.append(changed[box].shape)
+    assert (10, 10) in sides and len(set(sides)) > 1  # whole squares and clipped ones
+    np.testing.assert_array_equal(  # nothing at inference
+        ops.convert_to_numpy(layer(batch, training=False)), batch.astype(np.float32))
+
+
+def test_cutout_comes_after_the_other_draws() -> None:
+    """Runs without cutout keep the transforms they drew before cutout existed."""
+    batch = np.random.default_rng(6).integers(0, 256, (8, SIDE, SIDE, 3), dtype=np.uint8)
+    without = BlogAugmentation(shear_degrees=5, zoom=0.2, rotate_degrees=10, shift=0.1, seed=3)
+    with_cutout = BlogAugmentation(
+        shear_degrees=5, zoom=0.2, rotate_degrees=10, shift=0.1, cutout=0.3, seed=3
+    )
+    a = ops.convert_to_numpy(without(batch, training=True))
+    b = ops.convert_to_numpy(with_cutout(batch, training=True))
+    untouched = np.all(a == b, axis=-1)
+    assert 0.5 < untouched.mean() < 1.0  # the same affine output wherever no square fell
+
+
 def test_model_saves_and_loads(tmp_path: Path) -> None:
-    params = Params(image_size=32, conv_filters=(4, 4), kernel_size=3, dense_units=8, seed=5)
+    params = Params(
+        image_size=32, conv_filters=(4, 4), kernel_size=3, dense_units=8, seed=5,
+        augment_cutout=0.3,
+    )
     model = build_model(params)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -156,6 +197,7 @@ def test_model_saves_and_loads(tmp_path: Path) -> None:
     layer = loaded.get_layer("augmentation")
     assert isinstance(layer, BlogAugmentation)
     assert (layer.shear_degrees, layer.zoom, layer.flip, layer.seed) == (0.2, 0.2, True, 5)
+    assert (layer.rotate_degrees, layer.shift, layer.cutout) == (10.0, 0.1, 0.3)
     batch = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(
         ops.convert_to_numpy(loaded(batch, training=False)),

@@ -43,7 +43,7 @@ def test_the_blog_recipe_stays_a_row_of_the_study_and_of_the_protocol() -> None:
         blog = params_from_dict(recipe)
         assert (blog.kernel_size, blog.dropout, blog.optimizer) == (5, 0.1, "adam")
         assert not blog.batch_norm and blog.lr_schedule == "constant" and not blog.tta_flip
-        assert blog.augment_rotate_degrees == blog.augment_shift == 0.0
+        assert blog.augment_rotate_degrees == blog.augment_shift == blog.augment_cutout == 0.0
         assert blog.label_smoothing == blog.weight_decay == 0.0
         assert (blog.augment_shear_degrees, blog.augment_zoom) == (0.2, 0.2)
 
