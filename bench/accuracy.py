@@ -80,7 +80,7 @@ def flip_scores(workspace: Path) -> dict[str, float]:
     which shares its code with the evaluate stage.
     """
     scores = {}
-    for key, flag in (("test_accuracy_plain", []), ("test_accuracy_tta", ["--tta-flip"])):
+    for key, flag in (("test_accuracy_plain", ["--no-tta-flip"]), ("test_accuracy_tta", ["--tta-flip"])):
         result = subprocess.run(
             [sys.executable, "-m", "agegap.cli", "score", "data/split/test", "--json", *flag],
             cwd=workspace, env=_child_env(),

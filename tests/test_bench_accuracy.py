@@ -50,6 +50,11 @@ def test_parallel_runs_without_dvclive_and_a_broken_recipe(tmp_path: Path, synth
         workspace = work / f"small-image-{row['seed']}"
         assert (workspace / "models" / "model.keras").is_file()
         assert not (workspace / "dvclive").exists()
+        # the evaluate stage scored with flip TTA (the default); "plain" is without it
+        assert row["test_accuracy"] == row["test_accuracy_tta"]
+        plain = run([sys.executable, "-m", "agegap.cli", "score", "data/split/test", "--json",
+                     "--no-tta-flip"], workspace)
+        assert row["test_accuracy_plain"] == json.loads(plain.stdout)["accuracy"]
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| cpu | image | small | 2 | 2 (0, 1) |" in report
 
