@@ -80,7 +80,9 @@ def flip_scores(workspace: Path) -> dict[str, float]:
     which shares its code with the evaluate stage.
     """
     scores = {}
-    for key, flag in (("test_accuracy_plain", ["--no-tta-flip"]), ("test_accuracy_tta", ["--tta-flip"])):
+    # Explicit flags both ways: without one, score follows the workspace's tta_flip.
+    flags = (("test_accuracy_plain", ["--no-tta-flip"]), ("test_accuracy_tta", ["--tta-flip"]))
+    for key, flag in flags:
         result = subprocess.run(
             [sys.executable, "-m", "agegap.cli", "score", "data/split/test", "--json", *flag],
             cwd=workspace, env=_child_env(),
