@@ -92,12 +92,11 @@ class BlogAugmentation(keras.layers.Layer):
         batch, height, width = shape[0], shape[1], shape[2]
         dtype = self.compute_dtype
         centres = keras.random.uniform((2, batch), 0, 1, dtype=dtype, seed=self.seed_generator)
+        side_rows, side_cols = ops.cast(height, dtype), ops.cast(width, dtype)
         rows = ops.arange(height, dtype=dtype)[None, :] + 0.5
         cols = ops.arange(width, dtype=dtype)[None, :] + 0.5
-        half_rows = self.cutout * ops.cast(height, dtype) / 2
-        half_cols = self.cutout * ops.cast(width, dtype) / 2
-        in_rows = ops.abs(rows - centres[0][:, None] * ops.cast(height, dtype)) < half_rows
-        in_cols = ops.abs(cols - centres[1][:, None] * ops.cast(width, dtype)) < half_cols
+        in_rows = ops.abs(rows - centres[0][:, None] * side_rows) < self.cutout * side_rows / 2
+        in_cols = ops.abs(cols - centres[1][:, None] * side_cols) < self.cutout * side_cols / 2
         inside = ops.logical_and(in_rows[:, :, None, None], in_cols[:, None, :, None])
         return ops.where(inside, ops.mean(images, axis=(1, 2), keepdims=True), images)
 

@@ -251,10 +251,7 @@ def project_tta_flip(path: Path | str = PARAMS_FILE) -> bool:
     So that ``agegap score data/split/test``, run in the project, scores as the evaluate
     stage did without the user having to know which scoring the recipe uses.
     """
-    if not Path(path).is_file():
-        return False
-    raw = read_params_mapping(path)
-    return _as_bool("tta_flip", raw.get("tta_flip", Params.tta_flip))
+    return Path(path).is_file() and load_params(path).tta_flip
 
 
 def param_names() -> tuple[str, ...]:

@@ -61,11 +61,16 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-def _stage(name: str, workspace: Path, *options: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", f"stages.{name}", *options], cwd=workspace, env=_child_env(),
+def _python(workspace: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` in ``workspace``, with this checkout importable."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=workspace, env=_child_env(),
         capture_output=True, text=True,
     )
+
+
+def _stage(name: str, workspace: Path, *options: str) -> None:
+    result = _python(workspace, f"stages.{name}", *options)
     if result.returncode:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
         raise RuntimeError(f"stage {name} failed in {workspace}: {' '.join(tail)}")
@@ -83,11 +88,7 @@ def flip_scores(workspace: Path) -> dict[str, float]:
     # Explicit flags both ways: without one, score follows the workspace's tta_flip.
     flags = (("test_accuracy_plain", ["--no-tta-flip"]), ("test_accuracy_tta", ["--tta-flip"]))
     for key, flag in flags:
-        result = subprocess.run(
-            [sys.executable, "-m", "agegap.cli", "score", "data/split/test", "--json", *flag],
-            cwd=workspace, env=_child_env(),
-            capture_output=True, text=True,
-        )
+        result = _python(workspace, "agegap.cli", "score", "data/split/test", "--json", *flag)
         if result.returncode:
             raise RuntimeError(f"agegap score failed in {workspace}: {result.stderr[-300:]}")
         scores[key] = json.loads(result.stdout)["accuracy"]
@@ -225,11 +226,11 @@ def _gain(summary: dict[str, Any]) -> str:
 
 def run_pending(
     args: argparse.Namespace, recipes: dict[str, dict], done: list[dict], results_file: Path
-) -> list[str]:
+) -> tuple[list[dict], list[str]]:
     """Run what ``done`` lacks, ``args.jobs`` at a time; append each row as it comes.
 
-    Returns the runs that failed: one broken run is reported, not allowed to lose the
-    others' hours.
+    Returns the new rows and the runs that failed: one broken run is reported, not
+    allowed to lose the others' hours.
     """
     args.work.mkdir(parents=True, exist_ok=True)
     raw = prepare_raw(args.work, args.archive)
@@ -240,7 +241,7 @@ def run_pending(
                    (recipe, strategy, seed, args.epochs) and d["overrides"] == recipes[recipe]
                    for d in done)
     ]
-    failures = []
+    rows, failures = [], []
     # Each run is three stage processes; several at once share the cores (or one GPU).
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
@@ -256,13 +257,13 @@ def run_pending(
                 failures.append(f"{recipe} {strategy} seed {seed}")
                 print(f"error: {recipe} {strategy} seed {seed}: {error}", flush=True)
                 continue
-            done.append(row)
+            rows.append(row)
             with results_file.open("a", encoding="utf-8") as stream:
                 stream.write(json.dumps(row) + "\n")
             print(f"{recipe:>16} {strategy:>8} seed {seed}: test {row['test_accuracy']:.4f} "
                   f"val {row['best_val_accuracy']:.4f} ({row['wall_seconds']:.0f} s)",
                   flush=True)
-    return failures
+    return rows, failures
 
 
 def main() -> None:
@@ -300,7 +301,8 @@ def main() -> None:
     if not args.report_only:
         if not args.archive.is_file():
             raise SystemExit(f"error: {args.archive}: no such archive (--archive PATH)")
-        failures = run_pending(args, recipes, done, results_file)
+        rows, failures = run_pending(args, recipes, done, results_file)
+        done += rows
     wanted = [d for d in done if d["recipe"] in args.recipes and d["epochs"] == args.epochs
               and d["overrides"] == recipes[d["recipe"]]]
     report = markdown(summarise(wanted), recipes)
