@@ -107,15 +107,42 @@ def batch_order(size: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
         position += batch_size
 
 
-def training_batches(
-    data: ImageSet, batch_size: int, seed: int
+def mixup_draws(
+    batch_size: int, alpha: float, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless shuffled ``(images, labels)`` batches in :func:`batch_order`."""
-    for chosen in batch_order(len(data), batch_size, seed):
-        yield data.images[chosen], data.labels[chosen]
+    """Endless ``(partners, weights)`` for mixup (Zhang et al., 2018), one pair per batch.
+
+    Image ``i`` of a batch is blended with image ``partners[i]`` of the same batch, with
+    weight ``weights[i]`` ~ Beta(alpha, alpha) on its own side. Drawn from a generator of
+    its own, so that turning mixup on leaves :func:`batch_order` (and so the images each
+    step sees) as it was.
+    """
+    rng = np.random.default_rng([seed, 1])
+    while True:
+        yield rng.permutation(batch_size), rng.beta(alpha, alpha, batch_size).astype(np.float32)
 
 
-def training_stream(data: ImageSet, batch_size: int, seed: int, batches: int) -> object:
+def training_batches(
+    data: ImageSet, batch_size: int, seed: int, mixup_alpha: float = 0.0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless shuffled ``(images, labels)`` batches in :func:`batch_order`, mixed up
+    where ``mixup_alpha`` > 0 (images stay uint8, rounded; labels become fractions)."""
+    batches = batch_order(len(data), batch_size, seed)
+    if not mixup_alpha:
+        for chosen in batches:
+            yield data.images[chosen], data.labels[chosen]
+        return
+    draws = mixup_draws(batch_size, mixup_alpha, seed)
+    for chosen, (partners, weights) in zip(batches, draws, strict=False):  # both endless
+        images, labels = data.images[chosen].astype(np.float32), data.labels[chosen]
+        pixels = weights[:, None, None, None]
+        mixed = images * pixels + images[partners] * (1 - pixels)
+        yield np.rint(mixed).astype(np.uint8), labels * weights + labels[partners] * (1 - weights)
+
+
+def training_stream(
+    data: ImageSet, batch_size: int, seed: int, batches: int, mixup_alpha: float = 0.0
+) -> object:
     """What ``model.fit`` reads: the first ``batches`` of :func:`training_batches`.
 
     Under TensorFlow the same batches come from a ``tf.data`` pipeline that gathers them
@@ -126,14 +153,27 @@ def training_stream(data: ImageSet, batch_size: int, seed: int, batches: int) ->
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        return training_batches(data, batch_size, seed)
+        return training_batches(data, batch_size, seed, mixup_alpha)
     import tensorflow as tf
 
     order = np.stack(list(itertools.islice(batch_order(len(data), batch_size, seed), batches)))
     images = tf.constant(data.images)
     labels = tf.constant(data.labels)
-    return (
-        tf.data.Dataset.from_tensor_slices(order)
-        .map(lambda chosen: (tf.gather(images, chosen), tf.gather(labels, chosen)))
-        .prefetch(2)
+    plain = tf.data.Dataset.from_tensor_slices(order).map(
+        lambda chosen: (tf.gather(images, chosen), tf.gather(labels, chosen))
     )
+    if not mixup_alpha:
+        return plain.prefetch(2)
+    draws = list(itertools.islice(mixup_draws(batch_size, mixup_alpha, seed), batches))
+    partners = np.stack([partner for partner, _ in draws])
+    weights = np.stack([weight for _, weight in draws])
+
+    def mix(batch, partner, weight):
+        (batch_images, batch_labels), pixels = batch, weight[:, None, None, None]
+        floats = tf.cast(batch_images, tf.float32)
+        mixed = floats * pixels + tf.gather(floats, partner) * (1 - pixels)
+        mixed_labels = batch_labels * weight + tf.gather(batch_labels, partner) * (1 - weight)
+        return tf.cast(tf.round(mixed), tf.uint8), mixed_labels
+
+    mixing = tf.data.Dataset.from_tensor_slices((partners, weights))
+    return tf.data.Dataset.zip(plain, mixing).map(lambda batch, m: mix(batch, *m)).prefetch(2)

@@ -74,6 +74,7 @@ class Params:
     augment_rotate_degrees: float = 10.0
     augment_shift: float = 0.1
     augment_cutout: float = 0.0
+    mixup_alpha: float = 0.0
     lr_schedule: str = "cosine"
     weight_decay: float = 0.004
     label_smoothing: float = 0.1
@@ -171,6 +172,7 @@ _VALIDATORS: dict[str, Any] = {
     "augment_rotate_degrees": lambda k, v: _as_float(k, v, 0.0, 180.0, high_open=False),
     "augment_shift": lambda k, v: _as_float(k, v, 0.0, 0.5, high_open=False),
     "augment_cutout": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=False),
+    "mixup_alpha": lambda k, v: _as_float(k, v, 0.0, 10.0, high_open=False),
     "lr_schedule": lambda k, v: _as_choice(k, v, LR_SCHEDULES),
     "weight_decay": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=False),
     "label_smoothing": lambda k, v: _as_float(k, v, 0.0, 0.5, high_open=True),

@@ -109,6 +109,19 @@ class DVCLiveMetrics(keras.callbacks.Callback):
         self.live.next_step()
 
 
+@keras.saving.register_keras_serializable(package="agegap")
+def majority_label_accuracy(y_true, y_pred):
+    """Keras' binary accuracy against the label's larger side (``y_true > 0.5``).
+
+    Keras compares ``y_true`` itself with the thresholded prediction, so under mixup,
+    whose labels are fractions, almost no training image would count as right. On 0/1
+    labels (validation, test, runs without mixup) the two are the same number.
+    """
+    y_true = keras.ops.cast(keras.ops.greater(keras.ops.reshape(y_true, (-1,)), 0.5), "float32")
+    y_pred = keras.ops.cast(keras.ops.greater(keras.ops.reshape(y_pred, (-1,)), 0.5), "float32")
+    return keras.ops.cast(keras.ops.equal(y_true, y_pred), "float32")
+
+
 def steps_per_epoch(params: Params, train_size: int) -> int:
     """Batches per epoch: ``train_images_per_epoch`` images (0 = the whole split)."""
     images = params.train_images_per_epoch or train_size
@@ -148,7 +161,7 @@ def train_model(
     model.compile(
         optimizer=make_optimizer(params, total_steps=steps * params.epochs),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
-        metrics=["accuracy"],
+        metrics=[keras.metrics.MeanMetricWrapper(majority_label_accuracy, name="accuracy")],
         jit_compile=jit_compile,
         steps_per_execution=execution_steps or steps_per_execution(steps),
     )
@@ -166,7 +179,9 @@ def train_model(
         else []
     )
     history = model.fit(
-        training_stream(train, params.batch_size, params.seed, steps * params.epochs),
+        training_stream(
+            train, params.batch_size, params.seed, steps * params.epochs, params.mixup_alpha
+        ),
         steps_per_epoch=steps,
         epochs=params.epochs,
         validation_data=(validation.images, validation.labels),
