@@ -44,8 +44,16 @@ def test_the_blog_recipe_stays_a_row_of_the_study_and_of_the_protocol() -> None:
         assert (blog.kernel_size, blog.dropout, blog.optimizer) == (5, 0.1, "adam")
         assert not blog.batch_norm and blog.lr_schedule == "constant" and not blog.tta_flip
         assert blog.augment_rotate_degrees == blog.augment_shift == blog.augment_cutout == 0.0
+        assert blog.mixup_alpha == 0.0
         assert blog.label_smoothing == blog.weight_decay == 0.0
         assert (blog.augment_shear_degrees, blog.augment_zoom) == (0.2, 0.2)
+
+
+def test_every_protocol_recipe_is_valid_params() -> None:
+    recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
+    for name, overrides in recipes.items():
+        assert not set(overrides) - set(param_names()), name  # a typo would be ignored
+        params_from_dict(overrides, source=f"accuracy_recipes.yaml:{name}")
 
 
 def test_every_stage_lists_only_known_params_and_data_stages_no_training_keys() -> None:
@@ -70,6 +78,7 @@ def test_every_stage_lists_only_known_params_and_data_stages_no_training_keys() 
         ("batch_size", "16", "batch_size='16' is invalid: expected an integer"),
         ("split_strategy", "person", "split_strategy='person' is invalid"),
         ("augment_flip", "yes", "augment_flip='yes' is invalid: expected true or false"),
+        ("mixup_alpha", -0.2, "mixup_alpha=-0.2 is invalid: expected a number in [0.0, 10.0]"),
         ("data_sha256", "abc", "data_sha256='abc' is invalid: expected 64 hexadecimal"),
     ],
 )
