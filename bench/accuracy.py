@@ -153,8 +153,9 @@ def device_of(row: dict[str, Any]) -> str:
     return row.get("device", "cpu")
 
 
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation of test accuracy per recipe, strategy, epochs, device."""
+def summarise(rows: list[dict[str, Any]], anchor: str = "blog") -> list[dict[str, Any]]:
+    """Mean and standard deviation of test accuracy per recipe, strategy, epochs, device,
+    and each recipe's paired difference from ``anchor`` run on the same splits."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         key = (row["recipe"], row["strategy"], row["epochs"], device_of(row))
@@ -163,6 +164,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (recipe, strategy, epochs, device), members in groups.items():
         accuracies = [m["test_accuracy"] for m in members]
         flipped = [m for m in members if "test_accuracy_tta" in m]
+        anchored = {m["seed"]: m for m in groups.get((anchor, strategy, epochs, device), [])}
+        paired = [m["test_accuracy"] - anchored[m["seed"]]["test_accuracy"]
+                  for m in members if m["seed"] in anchored] if recipe != anchor else []
         summary.append({
             "recipe": recipe,
             "strategy": strategy,
@@ -174,6 +178,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": sorted(m["seed"] for m in members),
             "mean": statistics.fmean(accuracies),
             "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            # Seed by seed against the anchor: the same split and test images, so the
+            # split-to-split spread (about ±2 points here) cancels out of the difference.
+            "paired_runs": len(paired),
+            "paired_gain": statistics.fmean(paired) if paired else None,
             "val_mean": statistics.fmean(m["best_val_accuracy"] for m in members),
             "best_epoch_mean": statistics.fmean(m["best_epoch"] for m in members),
             "seconds_per_epoch": statistics.fmean(m["seconds_per_epoch"] for m in members),
@@ -195,16 +203,17 @@ def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
         f"Machines: {'; '.join(machines)}.",
         "",
         "| device | split | recipe | epochs | runs (seeds) | test accuracy, mean ± sd "
+        "| paired vs `blog`, same seeds (runs) "
         "| best val acc | best epoch | s/epoch | flip TTA on the same models, gain (runs) "
         "| runs at chance (val ≤ 50%) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
             f"| {s['device']} | {s['strategy']} | {s['recipe']} | {s['epochs']} | {s['runs']} "
             f"({', '.join(map(str, s['seeds']))}) | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} "
-            f"| {100 * s['val_mean']:.2f} | {s['best_epoch_mean']:.0f} "
-            f"| {s['seconds_per_epoch']:.2f} | {_gain(s)} | {s['at_chance']} |"
+            f"| {_gain(s, 'paired')} | {100 * s['val_mean']:.2f} | {s['best_epoch_mean']:.0f} "
+            f"| {s['seconds_per_epoch']:.2f} | {_gain(s, 'tta')} | {s['at_chance']} |"
         )
     lines += ["", "Recipes (the params.yaml keys each run sets; bench/accuracy_recipes.yaml):", ""]
     base = recipes.get("blog", {})
@@ -218,10 +227,11 @@ def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _gain(summary: dict[str, Any]) -> str:
-    if summary["tta_gain"] is None:
+def _gain(summary: dict[str, Any], kind: str) -> str:
+    """``kind`` is ``tta`` or ``paired``: a mean gain in points, with its number of runs."""
+    if summary[f"{kind}_gain"] is None:
         return ""
-    return f"{100 * summary['tta_gain']:+.2f} ({summary['tta_runs']})"
+    return f"{100 * summary[f'{kind}_gain']:+.2f} ({summary[f'{kind}_runs']})"
 
 
 def run_pending(

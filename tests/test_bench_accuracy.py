@@ -85,3 +85,25 @@ def test_cpu_and_gpu_runs_are_summarised_apart() -> None:
     gpu_line = next(line for line in report.splitlines() if line.startswith("| gpu |"))
     assert gpu_line.startswith("| gpu | identity | ours | 100 | 1 (0) | 50.00 ± 0.00 |")
     assert gpu_line.endswith("| 1 |")
+
+
+def test_each_recipe_is_paired_with_the_blog_run_on_the_same_split() -> None:
+    bench = load_bench()
+    row = {"strategy": "identity", "epochs": 100, "best_val_accuracy": 0.9, "best_epoch": 50,
+           "seconds_per_epoch": 1.0}
+    rows = [
+        {**row, "recipe": "blog", "seed": 0, "test_accuracy": 0.80},
+        {**row, "recipe": "blog", "seed": 1, "test_accuracy": 0.90},
+        {**row, "recipe": "cutout", "seed": 0, "test_accuracy": 0.84},
+        {**row, "recipe": "cutout", "seed": 1, "test_accuracy": 0.91},
+        {**row, "recipe": "cutout", "seed": 2, "test_accuracy": 0.70},  # no blog run to pair
+        {**row, "recipe": "cutout", "seed": 0, "test_accuracy": 0.5, "device": "gpu"},
+    ]
+    summary = {(s["recipe"], s["device"]): s for s in bench.summarise(rows)}
+    cutout = summary[("cutout", "cpu")]
+    assert cutout["paired_runs"] == 2 and abs(cutout["paired_gain"] - 0.025) < 1e-12
+    assert summary[("blog", "cpu")]["paired_gain"] is None
+    assert summary[("cutout", "gpu")]["paired_gain"] is None  # the blog ran on the CPU only
+    report = bench.markdown(bench.summarise(rows), {"blog": {}, "cutout": {}})
+    line = next(x for x in report.splitlines() if x.startswith("| cpu | identity | cutout |"))
+    assert "| 81.67 ± 10.69 | +2.50 (2) |" in line
