@@ -117,9 +117,8 @@ def majority_label_accuracy(y_true, y_pred):
     whose labels are fractions, almost no training image would count as right. On 0/1
     labels (validation, test, runs without mixup) the two are the same number.
     """
-    y_true = keras.ops.cast(keras.ops.greater(keras.ops.reshape(y_true, (-1,)), 0.5), "float32")
-    y_pred = keras.ops.cast(keras.ops.greater(keras.ops.reshape(y_pred, (-1,)), 0.5), "float32")
-    return keras.ops.cast(keras.ops.equal(y_true, y_pred), "float32")
+    larger_side = keras.ops.cast(keras.ops.greater(y_true, 0.5), "float32")
+    return keras.metrics.binary_accuracy(larger_side, y_pred)
 
 
 def steps_per_epoch(params: Params, train_size: int) -> int:

@@ -73,7 +73,7 @@ def test_accuracy_counts_a_mixed_label_by_its_larger_side() -> None:
 
     y_true = np.array([0.3, 0.8, 0.0, 1.0, 0.6], np.float32)
     y_pred = np.array([[0.2], [0.9], [0.7], [0.6], [0.4]], np.float32)
-    hits = keras.ops.convert_to_numpy(majority_label_accuracy(y_true, y_pred))
+    hits = keras.ops.convert_to_numpy(majority_label_accuracy(y_true, y_pred)).ravel()
     np.testing.assert_array_equal(hits, [1, 1, 0, 1, 0])
 
 
