@@ -165,8 +165,11 @@ def summarise(rows: list[dict[str, Any]], anchor: str = "blog") -> list[dict[str
         accuracies = [m["test_accuracy"] for m in members]
         flipped = [m for m in members if "test_accuracy_tta" in m]
         anchored = {m["seed"]: m for m in groups.get((anchor, strategy, epochs, device), [])}
-        paired = [m["test_accuracy"] - anchored[m["seed"]]["test_accuracy"]
-                  for m in members if m["seed"] in anchored] if recipe != anchor else []
+        paired = [  # a run at chance is broken training: it says nothing of a recipe
+            m["test_accuracy"] - anchored[m["seed"]]["test_accuracy"]
+            for m in members
+            if m["seed"] in anchored and not at_chance(m) and not at_chance(anchored[m["seed"]])
+        ] if recipe != anchor else []
         summary.append({
             "recipe": recipe,
             "strategy": strategy,
