@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +128,21 @@ def real_archive() -> Path:
     if not REAL_ARCHIVE.is_file():
         pytest.skip(f"the real LAG archive is not at {REAL_ARCHIVE} (licensed; not in the repo)")
     return REAL_ARCHIVE
+
+
+@pytest.fixture
+def restore_globals() -> Iterator[None]:
+    """``configure`` sets process-wide state: the precision policy and op determinism."""
+    import keras
+
+    policy = keras.mixed_precision.global_policy().name
+    determinism = None
+    if keras.backend.backend() == "tensorflow":
+        # Not in tf.config's public API; the switch lives in the same module as enable.
+        from tensorflow.python.framework import config as tf_config
+
+        determinism = tf_config.is_op_determinism_enabled()
+    yield
+    keras.mixed_precision.set_global_policy(policy)
+    if determinism is False:
+        tf_config.disable_op_determinism()

@@ -10,6 +10,7 @@ import pytest
 
 from agegap.dataset import ImageSet, mixup_draws, training_batches, training_stream
 from agegap.params import Params
+from agegap.runtime import configure
 from agegap.training import majority_label_accuracy, train_model
 
 
@@ -77,13 +78,16 @@ def test_accuracy_counts_a_mixed_label_by_its_larger_side() -> None:
     np.testing.assert_array_equal(hits, [1, 1, 0, 1, 0])
 
 
-def test_a_mixup_run_trains_and_reports_a_real_training_accuracy(tmp_path: Path) -> None:
+def test_a_mixup_run_trains_and_reports_a_real_training_accuracy(
+    tmp_path: Path, restore_globals: None
+) -> None:
     data = _sets(32)
     params = Params(image_size=12, conv_filters=(8,), kernel_size=3, dense_units=8,
                     batch_size=8, epochs=20, train_images_per_epoch=0, mixup_alpha=0.4,
                     learning_rate=0.01, lr_schedule="constant", weight_decay=0.0,
                     augment_rotate_degrees=0.0, augment_shift=0.0, label_smoothing=0.0,
                     precision="float32", batch_norm=False)
+    configure(params)  # seeds the weights too: the same run whatever ran before it
     result = train_model(params, data, data, tmp_path / "m.keras", verbose=0)
     # Keras' own binary accuracy would count almost no fractional label as right.
     assert np.mean(result.history["accuracy"][-5:]) > 0.9

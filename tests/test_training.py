@@ -8,10 +8,8 @@ promise. Tiny images and a tiny network keep each run to a few seconds.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
@@ -38,22 +36,6 @@ TINY = {
     "weight_decay": 0.0,
     "label_smoothing": 0.0,
 }
-
-
-@pytest.fixture
-def restore_globals() -> Iterator[None]:
-    """``configure`` sets process-wide state: the precision policy and op determinism."""
-    policy = keras.mixed_precision.global_policy().name
-    determinism = None
-    if keras.backend.backend() == "tensorflow":
-        # Not in tf.config's public API; the switch lives in the same module as enable.
-        from tensorflow.python.framework import config as tf_config
-
-        determinism = tf_config.is_op_determinism_enabled()
-    yield
-    keras.mixed_precision.set_global_policy(policy)
-    if determinism is False:
-        tf_config.disable_op_determinism()
 
 
 def tiny_sets() -> tuple[ImageSet, ImageSet]:
