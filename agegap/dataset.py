@@ -159,21 +159,28 @@ def training_stream(
     order = np.stack(list(itertools.islice(batch_order(len(data), batch_size, seed), batches)))
     images = tf.constant(data.images)
     labels = tf.constant(data.labels)
-    plain = tf.data.Dataset.from_tensor_slices(order).map(
-        lambda chosen: (tf.gather(images, chosen), tf.gather(labels, chosen))
-    )
     if not mixup_alpha:
-        return plain.prefetch(2)
+        return (
+            tf.data.Dataset.from_tensor_slices(order)
+            .map(lambda chosen: (tf.gather(images, chosen), tf.gather(labels, chosen)))
+            .prefetch(2)
+        )
     draws = list(itertools.islice(mixup_draws(batch_size, mixup_alpha, seed), batches))
-    partners = np.stack([partner for partner, _ in draws])
+    partner_order = np.stack(
+        [chosen[partners] for chosen, (partners, _) in zip(order, draws, strict=True)]
+    )
     weights = np.stack([weight for _, weight in draws])
 
-    def mix(batch, partner, weight):
-        (batch_images, batch_labels), pixels = batch, weight[:, None, None, None]
-        floats = tf.cast(batch_images, tf.float32)
-        mixed = floats * pixels + tf.gather(floats, partner) * (1 - pixels)
-        mixed_labels = batch_labels * weight + tf.gather(batch_labels, partner) * (1 - weight)
+    def blend(chosen, partner, weight):
+        own, other = (tf.cast(tf.gather(images, i), tf.float32) for i in (chosen, partner))
+        pixels = weight[:, None, None, None]
+        mixed = own * pixels + other * (1 - pixels)
+        own_label, other_label = tf.gather(labels, chosen), tf.gather(labels, partner)
+        mixed_labels = own_label * weight + other_label * (1 - weight)
         return tf.cast(tf.round(mixed), tf.uint8), mixed_labels
 
-    mixing = tf.data.Dataset.from_tensor_slices((partners, weights))
-    return tf.data.Dataset.zip(plain, mixing).map(lambda batch, m: mix(batch, *m)).prefetch(2)
+    return (
+        tf.data.Dataset.from_tensor_slices((order, partner_order, weights))
+        .map(blend)
+        .prefetch(2)
+    )

@@ -16,9 +16,13 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from agegap.dataset import ImageSet
 
 NON_ASCII_IDENTITY = "иван_петров"
 SPACED_FILE = "photo with spaces_1.png"
@@ -128,3 +132,14 @@ def make_archive(
                     bundle.add(file, arcname=file.relative_to(scratch).as_posix())
     planted.path = target
     return planted
+
+
+def tiny_image_set(count: int, size: int, *, seed: int = 0, noise: float = 80.0) -> ImageSet:
+    """``count`` images, old and young alternating, young ones 150 levels brighter: a task
+    a one-layer network learns in a few epochs, for tests that need training to move."""
+    from agegap.dataset import ImageSet
+
+    rng = np.random.default_rng(seed)
+    labels = np.tile([0.0, 1.0], count // 2).astype(np.float32)
+    images = labels[:, None, None, None] * 150 + rng.uniform(0, noise, (count, size, size, 3))
+    return ImageSet(images.astype(np.uint8), labels, tuple(map(str, range(count))))

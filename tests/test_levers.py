@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from agegap.augment import BlogAugmentation
-from agegap.dataset import ImageSet
 from agegap.model import build_model, load_trained_model, make_optimizer
 from agegap.params import Params
 from agegap.scoring import predict_probabilities
 from agegap.training import train_model
+from tests.synthetic import tiny_image_set
 
 tf_keras_image = pytest.importorskip("tf_keras.preprocessing.image")
 
@@ -72,16 +72,8 @@ def test_cosine_schedule_and_weight_decay_reach_the_optimizer() -> None:
     assert optimizer.weight_decay == pytest.approx(0.01)
 
 
-def _tiny_sets(count: int = 32) -> tuple[ImageSet, ImageSet]:
-    rng = np.random.default_rng(0)
-    labels = np.tile([0.0, 1.0], count // 2).astype(np.float32)
-    images = (labels[:, None, None, None] * 150 + rng.uniform(0, 80, (count, 16, 16, 3)))
-    data = ImageSet(images.astype(np.uint8), labels, tuple(map(str, range(count))))
-    return data, data
-
-
 def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(tmp_path: Path) -> None:
-    train, validation = _tiny_sets()
+    train = validation = tiny_image_set(32, 16)
     params = Params(image_size=16, conv_filters=(4,), kernel_size=3, dense_units=4,
                     batch_size=8, epochs=30, train_images_per_epoch=0, learning_rate=0.0,
                     early_stopping_patience=2, precision="float32",

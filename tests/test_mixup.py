@@ -8,21 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agegap.dataset import ImageSet, mixup_draws, training_batches, training_stream
+from agegap.dataset import mixup_draws, training_batches, training_stream
 from agegap.params import Params
 from agegap.runtime import configure
 from agegap.training import majority_label_accuracy, train_model
-
-
-def _sets(count: int = 24) -> ImageSet:
-    rng = np.random.default_rng(5)
-    labels = np.tile([0.0, 1.0], count // 2).astype(np.float32)
-    images = labels[:, None, None, None] * 150 + rng.uniform(0, 100, (count, 12, 12, 3))
-    return ImageSet(images.astype(np.uint8), labels, tuple(map(str, range(count))))
+from tests.synthetic import tiny_image_set
 
 
 def test_mixup_blends_each_image_with_a_batch_mate_and_its_label_alike() -> None:
-    data = _sets()
+    data = tiny_image_set(24, 12, seed=5, noise=100)
     batches = 7  # past one pass over 24 images at 8 a batch: the order reshuffles
     plain = itertools.islice(training_batches(data, 8, seed=2), batches)
     mixed = itertools.islice(training_batches(data, 8, seed=2, mixup_alpha=0.4), batches)
@@ -44,7 +38,7 @@ def test_mixup_blends_each_image_with_a_batch_mate_and_its_label_alike() -> None
 
 def test_mixup_leaves_the_batch_order_alone() -> None:
     """Its draws come from their own generator: each step still sees the same images."""
-    data = _sets()
+    data = tiny_image_set(24, 12, seed=5, noise=100)
     batches = list(itertools.islice(training_batches(data, 8, seed=4, mixup_alpha=1e-6), 5))
     plain = list(itertools.islice(training_batches(data, 8, seed=4), 5))
     for (mixed_images, _), (images, _) in zip(batches, plain, strict=True):
@@ -60,7 +54,7 @@ def test_the_tensorflow_stream_serves_the_same_mixed_batches(alpha: float) -> No
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the tf.data stream is the TensorFlow backend's")
-    data = _sets()
+    data = tiny_image_set(24, 12, seed=5, noise=100)
     expected = list(itertools.islice(training_batches(data, 8, 3, alpha), 6))
     served = list(training_stream(data, 8, 3, batches=6, mixup_alpha=alpha))
     assert len(served) == 6
@@ -81,7 +75,7 @@ def test_accuracy_counts_a_mixed_label_by_its_larger_side() -> None:
 def test_a_mixup_run_trains_and_reports_a_real_training_accuracy(
     tmp_path: Path, restore_globals: None
 ) -> None:
-    data = _sets(32)
+    data = tiny_image_set(32, 12, seed=5, noise=100)
     params = Params(image_size=12, conv_filters=(8,), kernel_size=3, dense_units=8,
                     batch_size=8, epochs=20, train_images_per_epoch=0, mixup_alpha=0.4,
                     learning_rate=0.01, lr_schedule="constant", weight_decay=0.0,
