@@ -233,10 +233,15 @@ def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
 
 
 def _gain(summary: dict[str, Any], kind: str) -> str:
-    """``kind`` is ``tta`` or ``paired``: a mean gain in points, with its number of runs."""
+    """``kind`` is ``tta`` or ``paired``: a mean gain in points, with its number of runs.
+
+    A gain that rounds to nothing is written ``0.00``: a sign there (``-0.00`` from float
+    noise in a mean of +0.93 and -0.93) would claim a direction that is not measured.
+    """
     if summary[f"{kind}_gain"] is None:
         return ""
-    return f"{100 * summary[f'{kind}_gain']:+.2f} ({summary[f'{kind}_runs']})"
+    points = round(100 * summary[f"{kind}_gain"], 2)
+    return f"{'0.00' if points == 0 else f'{points:+.2f}'} ({summary[f'{kind}_runs']})"
 
 
 def run_pending(

@@ -110,3 +110,18 @@ def test_each_recipe_is_paired_with_the_blog_run_on_the_same_split() -> None:
     report = bench.markdown(bench.summarise(rows), {"blog": {}, "cutout": {}})
     line = next(x for x in report.splitlines() if x.startswith("| cpu | identity | cutout |"))
     assert "| 73.75 ± 18.08 | +2.50 (2) |" in line
+
+
+def test_a_gain_that_rounds_to_nothing_has_no_sign() -> None:
+    bench = load_bench()
+    row = {"strategy": "image", "epochs": 100, "best_val_accuracy": 0.9, "best_epoch": 50,
+           "seconds_per_epoch": 1.0}
+    rows = [  # seed 0 gains 0.1 points, seed 1 loses 0.1 + float noise: -0.00 unrounded
+        {**row, "recipe": "blog", "seed": 0, "test_accuracy": 0.8},
+        {**row, "recipe": "blog", "seed": 1, "test_accuracy": 0.9},
+        {**row, "recipe": "mixup", "seed": 0, "test_accuracy": 0.801},
+        {**row, "recipe": "mixup", "seed": 1, "test_accuracy": 0.9 - 0.001 - 1e-12},
+    ]
+    report = bench.markdown(bench.summarise(rows), {"blog": {}, "mixup": {}})
+    line = next(x for x in report.splitlines() if x.startswith("| cpu | image | mixup |"))
+    assert "| 85.00 ± 6.93 | 0.00 (2) |" in line
