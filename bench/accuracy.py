@@ -97,6 +97,27 @@ def flip_scores(workspace: Path) -> dict[str, float]:
     return scores
 
 
+def code_version() -> str:
+    """The commit the runs train with, ``+modified`` if the code differs from it.
+
+    Two versions of the code can be mathematically equal and still train differently
+    (another order of floating-point operations grows apart over 100 epochs), so a row
+    has to say which code made it: otherwise a stored result cannot be told apart from
+    one the current code would no longer reproduce. Only what a run executes counts
+    (``agegap/``, ``stages/``), so editing a report does not mark the runs modified.
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "agegap", "stages")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{commit}+modified" if changed else commit
+
+
 def run_once(
     work: Path, raw: Path, recipe: str, overrides: dict, strategy: str, seed: int, epochs: int,
     *, dvclive: bool = True,
@@ -140,6 +161,7 @@ def run_once(
         "precision": trained["precision"],
         "machine": f"{platform.node() or 'unknown'}, {trained['cpu_threads']} CPU threads, "
                    f"{trained['accelerator']}",
+        "code": code_version(),
         **flip_scores(workspace),
     }
 

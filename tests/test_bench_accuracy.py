@@ -43,10 +43,14 @@ def test_parallel_runs_without_dvclive_and_a_broken_recipe(tmp_path: Path, synth
 
     rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
     assert sorted((r["recipe"], r["seed"]) for r in rows) == [("small", 0), ("small", 1)]
+    head = run(["git", "rev-parse", "--short=12", "HEAD"], REPO).stdout.strip()
+    bench_code = load_bench().code_version()
+    assert bench_code in (head, f"{head}+modified")
     for row in rows:
         assert row["device"] == "cpu" and row["epochs_run"] == 2
         assert 0.0 <= row["test_accuracy_tta"] <= 1.0
         assert "CPU threads" in row["machine"]
+        assert row["code"] == bench_code  # which commit trained it
         workspace = work / f"small-image-{row['seed']}"
         assert (workspace / "models" / "model.keras").is_file()
         assert not (workspace / "dvclive").exists()
@@ -125,3 +129,23 @@ def test_a_gain_that_rounds_to_nothing_has_no_sign() -> None:
     report = bench.markdown(bench.summarise(rows), {"blog": {}, "mixup": {}})
     line = next(x for x in report.splitlines() if x.startswith("| cpu | image | mixup |"))
     assert "| 85.00 ± 6.93 | 0.00 (2) |" in line
+
+
+def test_each_row_names_the_code_that_trained_it(tmp_path: Path, monkeypatch) -> None:
+    bench = load_bench()
+    for folder in ("agegap", "reports"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.txt").write_text("one\n", encoding="utf-8")
+    run(["git", "init", "-q"], tmp_path)
+    run(["git", "add", "."], tmp_path)
+    run(["git", "commit", "-qm", "first"], tmp_path)
+    head = run(["git", "rev-parse", "--short=12", "HEAD"], tmp_path).stdout.strip()
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    assert bench.code_version() == head
+    (tmp_path / "reports" / "x.txt").write_text("two\n", encoding="utf-8")
+    assert bench.code_version() == head  # a report is not code a run executes
+    (tmp_path / "agegap" / "x.txt").write_text("two\n", encoding="utf-8")
+    assert bench.code_version() == f"{head}+modified"
+    monkeypatch.setattr(bench, "REPO", tmp_path / "reports")
+    (tmp_path / ".git").rename(tmp_path / "not-git")
+    assert bench.code_version() == "unknown (not a git checkout)"
