@@ -263,7 +263,8 @@ def _gain(summary: dict[str, Any], kind: str) -> str:
     if summary[f"{kind}_gain"] is None:
         return ""
     points = round(100 * summary[f"{kind}_gain"], 2)
-    return f"{'0.00' if points == 0 else f'{points:+.2f}'} ({summary[f'{kind}_runs']})"
+    gain = f"{points:+.2f}" if points else "0.00"
+    return f"{gain} ({summary[f'{kind}_runs']})"
 
 
 def run_pending(
