@@ -29,7 +29,8 @@ from keras import ops
 class BlogAugmentation(keras.layers.Layer):
     """Random shear (degrees), per-axis zoom and horizontal flip; active only in training.
 
-    Issue 8 adds rotation, shift and cutout, all off by default (the blog had none).
+    Issue 8 adds rotation, shift and cutout, off unless asked for (the blog had none;
+    params.yaml asks for cutout).
 
     Matches Keras 2's ``apply_affine_transform``: the matrix maps output pixels to
     input pixels around the image centre, bilinear sampling, ``fill_mode="nearest"``,

@@ -6,8 +6,8 @@ each in its own process, in a scratch workspace that shares one decoded
 Results are appended to a JSON-lines file as they come, so an interrupted protocol
 resumes where it stopped; the report gives mean ± standard deviation over seeds.
 
-    python bench/accuracy.py --recipes blog ours --epochs 100
-    python bench/accuracy.py --recipes ours --strategies identity --seeds 0 --epochs 30
+    python bench/accuracy.py --recipes blog cutout --epochs 100
+    python bench/accuracy.py --recipes cutout --strategies identity --seeds 0 --epochs 30
     KERAS_BACKEND=jax python bench/accuracy.py --jobs 12 --no-dvclive   # one GPU, many runs
 
 Runs on a GPU record ``device: gpu`` and are summarised apart from CPU runs: the
@@ -38,7 +38,7 @@ ANCHOR = "blog"
 
 
 def load_recipes(path: Path) -> dict[str, dict[str, Any]]:
-    """Named sets of params overrides (``blog``, ``ours``, one per lever)."""
+    """Named sets of params overrides (``blog``, ``cutout``, one per lever)."""
     recipes = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(recipes, dict):
         raise SystemExit(f"error: {path}: expected a mapping of recipe name -> overrides")
@@ -311,7 +311,7 @@ def run_pending(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", nargs="+", default=["blog", "ours"])
+    parser.add_argument("--recipes", nargs="+", default=["blog", "cutout"])
     parser.add_argument("--recipes-file", type=Path, default=RECIPES_FILE)
     parser.add_argument("--strategies", nargs="+", default=["image", "identity"],
                         choices=["image", "identity"])

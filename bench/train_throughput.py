@@ -12,7 +12,7 @@ and a subprocess gives each side its own peak memory):
   network and training as (b), batch 16, 1,200 images per epoch, the in-model
   ``BlogAugmentation``) and the shipped run settings (``precision: auto``,
   ``deterministic: true``), on the current ``KERAS_BACKEND``. Not ``params.yaml``'s
-  recipe: since issue 8 that adds batch normalisation, which (b) does not have.
+  recipe: since issue 8 that adds cutout, which (b) does not have.
 * (b) **blog**: ``tf_keras`` (Keras 2) with ``ImageDataGenerator(rescale=1/255,
   shear_range=0.2, zoom_range=0.2, horizontal_flip=True).flow_from_directory`` on PNG
   folders written to a temporary directory, the same network, adam, batch 16,

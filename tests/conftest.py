@@ -34,7 +34,8 @@ FAST_PARAMS: dict[str, Any] = {
     "precision": "float32",
     # Batch normalisation's moving statistics (momentum 0.99) need hundreds of steps to
     # settle; these runs make 25, so inference would see unsettled statistics and score
-    # at chance. The other default levers stay on; tests/test_levers.py covers this one.
+    # at chance. Batch norm is off by default too; this pins it for tests that turn the
+    # other levers on. tests/test_levers.py covers it.
     "batch_norm": False,
 }
 

@@ -188,7 +188,7 @@ def test_cutout_comes_after_the_other_draws() -> None:
 def test_model_saves_and_loads(tmp_path: Path) -> None:
     params = Params(
         image_size=32, conv_filters=(4, 4), kernel_size=3, dense_units=8, seed=5,
-        augment_cutout=0.3,
+        augment_rotate_degrees=10.0, augment_shift=0.1, augment_cutout=0.3,
     )
     model = build_model(params)
     path = tmp_path / "model.keras"

@@ -583,7 +583,7 @@ def test_score_follows_the_projects_tta_flip(
     assert scores() == flipped
     assert scores("--no-tta-flip") == plain
     (tmp_path / "params.yaml").write_text("epochs: 3\n", encoding="utf-8")
-    assert scores() == flipped  # a missing key takes the default, as in the stages
+    assert scores() == plain  # a missing key takes the default (off), as in the stages
     (tmp_path / "params.yaml").write_text("tta_flip: maybe\n", encoding="utf-8")
     status, _, err = run_cli(capsys, "score", folder, "--model", tiny_model)
     assert status == 1
