@@ -9,5 +9,8 @@ Modules, one job each:
 - :mod:`flows.dvc_commands`: run ``dvc`` as a subprocess with streamed output, the
   per-workspace lock, the stage order read from ``dvc.yaml``, override validation.
 - :mod:`flows.artifacts`: the Prefect artifacts a run publishes.
+- :mod:`flows.ephemeral`: settings for the temporary server a run starts without one.
 - :mod:`flows.pipeline`: the ``agegap-pipeline`` flow and its ``run``/``serve`` CLI.
+- :mod:`flows.experiments`: the blog's study (``experiments.yaml``) as queued DVC
+  experiments, and its report.
 """

@@ -43,6 +43,7 @@ from flows.dvc_commands import (
     workspace_lock,
     workspace_root,
 )
+from flows.ephemeral import quiet_ephemeral_server
 
 STUDY_FILE = "experiments.yaml"
 REPORT_DIR = "reports"
@@ -491,6 +492,7 @@ def _main(argv: list[str] | None) -> int:
         [name.strip() for name in options.rows.split(",") if name.strip()] if options.rows else None
     )
     select_rows(load_study(root / options.study), wanted)  # refuse bad names before starting
+    quiet_ephemeral_server()
     state = study(
         workspace=str(root),
         rows=wanted,

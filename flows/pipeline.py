@@ -42,6 +42,7 @@ from flows.dvc_commands import (
     workspace_lock,
     workspace_root,
 )
+from flows.ephemeral import quiet_ephemeral_server
 
 FLOW_NAME = "agegap-pipeline"
 DEPLOYMENT_NAME = "nightly"
@@ -395,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     root = workspace_root(options.workspace)
     if overrides is not None:
         validate_overrides(root, overrides)
+    quiet_ephemeral_server()
     state = importable_flow()(
         workspace=str(root), overrides=overrides, experiment=options.name, return_state=True
     )
