@@ -1,4 +1,4 @@
-"""Settings for the temporary Prefect server that ``run`` starts when none is configured."""
+"""Settings for the temporary Prefect server a flow command starts when none is configured."""
 
 from __future__ import annotations
 
