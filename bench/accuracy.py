@@ -118,6 +118,17 @@ def code_version() -> str:
     return f"{commit}+modified" if changed else commit
 
 
+def code_of_run(before: str, after: str) -> str:
+    """The ``code`` a row records: the code when its stages started, and when they ended
+    if that differs.
+
+    Each stage imports the code when its process starts, and a run lasts minutes to
+    hours: an edit or a checkout in the meantime means the row was made by a mix of two
+    versions, and saying so keeps it from passing for either.
+    """
+    return before if after == before else f"{before}, then {after} (changed during the run)"
+
+
 def run_once(
     work: Path, raw: Path, recipe: str, overrides: dict, strategy: str, seed: int, epochs: int,
     *, dvclive: bool = True,
@@ -136,6 +147,7 @@ def run_once(
         "epochs": epochs,
     }
     (workspace / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    code_at_start = code_version()
     started = time.perf_counter()
     _stage("split", workspace)
     _stage("train", workspace, *([] if dvclive else ["--no-dvclive"]))
@@ -161,7 +173,7 @@ def run_once(
         "precision": trained["precision"],
         "machine": f"{platform.node() or 'unknown'}, {trained['cpu_threads']} CPU threads, "
                    f"{trained['accelerator']}",
-        "code": code_version(),
+        "code": code_of_run(code_at_start, code_version()),
         **flip_scores(workspace),
     }
 

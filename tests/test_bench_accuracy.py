@@ -149,3 +149,11 @@ def test_each_row_names_the_code_that_trained_it(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(bench, "REPO", tmp_path / "reports")
     (tmp_path / ".git").rename(tmp_path / "not-git")
     assert bench.code_version() == "unknown (not a git checkout)"
+
+
+def test_a_row_says_when_the_code_changed_during_its_run() -> None:
+    bench = load_bench()
+    assert bench.code_of_run("0bc44f1c3c35", "0bc44f1c3c35") == "0bc44f1c3c35"
+    assert bench.code_of_run("0bc44f1c3c35", "0bc44f1c3c35+modified") == (
+        "0bc44f1c3c35, then 0bc44f1c3c35+modified (changed during the run)"
+    )
