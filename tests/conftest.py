@@ -34,8 +34,8 @@ FAST_PARAMS: dict[str, Any] = {
     "precision": "float32",
     # Batch normalisation's moving statistics (momentum 0.99) need hundreds of steps to
     # settle; these runs make 25, so inference would see unsettled statistics and score
-    # at chance. Batch norm is off by default too; this pins it for tests that turn the
-    # other levers on. tests/test_levers.py covers it.
+    # at chance. Pinned, so these tests do not depend on the default; tests/test_levers.py
+    # covers batch norm.
     "batch_norm": False,
 }
 

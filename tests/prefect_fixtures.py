@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from flows.ephemeral import ANALYTICS_SETTING  # imports no prefect
+
 _HOME = Path(tempfile.mkdtemp(prefix="agegap-prefect-home-"))
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
@@ -24,7 +26,7 @@ atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 PREFECT_TEST_ENV: dict[str, str] = {
     "PREFECT_HOME": str(_HOME),
     "PREFECT_PROFILES_PATH": str(_HOME / "profiles.toml"),
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    ANALYTICS_SETTING: "false",
     "DO_NOT_TRACK": "1",
     "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
