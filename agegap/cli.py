@@ -21,6 +21,7 @@ Tell old from young faces with the model trained by `dvc repro`.
   agegap predict PHOTO_OR_FOLDER...   label each face in photos
   agegap score FOLDER                 accuracy, loss, confusion matrix and ROC AUC
                                       on a labelled folder (FOLDER/old, FOLDER/young)
+  agegap serve                        a web page and an HTTP API on the same model
 
 Exit status: 0 when every file was processed, 1 when any file or the model failed
 (the other files are still processed), 2 for a wrong command line.
@@ -46,6 +47,19 @@ is reported on stderr and left out; the exit status is then 1.
 
 example:
   agegap score data/split/test --json
+"""
+
+
+_SERVE_EPILOG = """\
+Open http://127.0.0.1:8000/ for the page. The API: POST /predict (multipart files;
+query detect_faces=true|false, tta_flip=true|false) answers one JSON entry per face,
+with the numbers `agegap predict` prints; GET /model names the model (dvc.lock's hash,
+its params and test metrics); GET /health; the schema is at /openapi.json. Not an
+image: 415; too large (bytes or pixels): 413; no file or unreadable: 422.
+
+example:
+  agegap serve --port 8000 &
+  curl -F image=@photo.jpg http://127.0.0.1:8000/predict
 """
 
 
@@ -121,7 +135,61 @@ def build_parser() -> argparse.ArgumentParser:
         "scoring, for uncropped photos; by default each whole image is used, as the "
         "evaluate stage does",
     )
+    _serve_parser(commands)
     return parser
+
+
+def _serve_parser(commands: argparse._SubParsersAction) -> None:
+    from agegap.serve_settings import (
+        DEFAULT_BATCH_WAIT_MS,
+        DEFAULT_MAX_FILES,
+        DEFAULT_MAX_UPLOAD_MB,
+    )
+
+    serve = commands.add_parser(
+        "serve",
+        help="a web page and an HTTP API to try the model on photos",
+        description="Serve the model: a page to drop photos on, and a JSON API for programs.",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _model_option(serve)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="port to listen on (default: %(default)s; 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help="largest file accepted, in MB; larger ones get 413 (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--max-files",
+        type=int,
+        default=DEFAULT_MAX_FILES,
+        help="most files in one request (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=DEFAULT_BATCH_WAIT_MS,
+        help="how long a model call waits for crops of other requests to join it "
+        "(default: %(default)g)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="uvicorn's log level; info logs one line per request (default: %(default)s)",
+    )
 
 
 def _model_option(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +224,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             detect_faces=args.detect_faces,
             annotate_dir=args.annotate,
             tta_flip=tta_flip,
+        )
+    if args.command == "serve":
+        return commands.serve_command(
+            model_path=args.model,
+            host=args.host,
+            port=args.port,
+            tta_flip=tta_flip,
+            max_upload_mb=args.max_upload_mb,
+            max_files=args.max_files,
+            batch_wait_ms=args.batch_wait_ms,
+            log_level=args.log_level,
         )
     return commands.score_command(
         args.folder,

@@ -163,3 +163,34 @@ def score_command(
     else:
         out.write(report.scores_text(scores, str(folder), str(model_path)))
     return 1 if failed else 0
+
+
+def serve_command(
+    *,
+    model_path: Path,
+    host: str,
+    port: int,
+    tta_flip: bool,
+    max_upload_mb: float,
+    max_files: int,
+    batch_wait_ms: float,
+    log_level: str = "info",
+) -> int:
+    """Serve the page and the API until interrupted; a bad model stops the start in one line."""
+    from agegap.serve_settings import MB, ServeSettings
+
+    if max_upload_mb <= 0 or max_files < 1 or batch_wait_ms < 0:
+        raise AgegapError(
+            "--max-upload-mb must be > 0, --max-files >= 1 and --batch-wait-ms >= 0"
+        )
+    model = _load_model(model_path, detect_faces=True)
+    from agegap.serve import run_server
+
+    settings = ServeSettings(
+        max_upload_bytes=int(max_upload_mb * MB),
+        max_files=max_files,
+        tta_flip=tta_flip,
+        batch_wait_s=batch_wait_ms / 1000,
+    )
+    run_server(model, model_path, host=host, port=port, settings=settings, log_level=log_level)
+    return 0

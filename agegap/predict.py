@@ -155,7 +155,8 @@ def model_input(path: Path, size: tuple[int, int], *, detect: bool) -> np.ndarra
     return prepared.crops[0]
 
 
-def _rows(prepared: Prepared, p_young: Sequence[float]) -> list[Prediction]:
+def prediction_rows(prepared: Prepared, p_young: Sequence[float]) -> list[Prediction]:
+    """The rows of a prepared file, given P(young) of each of its crops (none for an error)."""
     if prepared.error:
         return [Prediction(str(prepared.source.path), error=prepared.error)]
     rows = []
@@ -205,7 +206,7 @@ def predict(
             position = 0
             for item in prepared:
                 count = len(item.crops)
-                yield item, _rows(item, probabilities[position : position + count])
+                yield item, prediction_rows(item, probabilities[position : position + count])
                 position += count
 
 
