@@ -122,24 +122,31 @@ def lock_project(folder: Path, model: Path) -> None:
     (folder / "dvc.lock").write_text(yaml.safe_dump(lock), encoding="utf-8")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def save_tiny_model(path: Path) -> Path:
     """A one-block network with its initial weights: agreement needs no training."""
     from agegap.model import build_model
     from agegap.params import Params
 
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
     build_model(Params(image_size=MODEL_SIZE, conv_filters=(4,), dense_units=4)).save(path)
     return path
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    folder = tmp_path_factory.mktemp("served")
-    (folder / "models").mkdir()
-    shutil.copyfile(tiny_model, folder / "models" / "model.keras")
-    lock_project(folder, folder / "models" / "model.keras")
+def make_project(folder: Path) -> Path:
+    """``folder`` with ``models/model.keras``, recorded in a ``dvc.lock`` with its metrics."""
+    model = save_tiny_model(folder / "models" / "model.keras")
+    lock_project(folder, model)
     return folder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(project: Path) -> Path:
+    return project / "models" / "model.keras"
 
 
 @pytest.fixture(scope="module")
