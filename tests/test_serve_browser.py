@@ -72,6 +72,7 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
+@pytest.mark.slow
 def test_page_boxes_faces_and_says_what_went_wrong(
     server: Server, browser: object, tmp_path: Path
 ) -> None:
