@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agegap.batching import MicroBatcher
 from agegap.images import MAX_PIXELS
@@ -113,16 +115,15 @@ def _status_of(reason: str) -> int:
     return 422  # empty, truncated or otherwise undecodable
 
 
-def _prepare_upload(
-    name: str, data: bytes, size: tuple[int, int], detect: bool, scratch: Path
-) -> Prepared:
-    """``agegap predict``'s preparation of one uploaded file, from a private scratch copy."""
-    path = scratch / "upload"
-    path.write_bytes(data)
-    try:
+def _prepare_upload(name: str, data: bytes, size: tuple[int, int], detect: bool) -> Prepared:
+    """``agegap predict``'s preparation of one uploaded file, from a private scratch copy.
+
+    The copy lives and dies in this thread, so a request cancelled meanwhile leaves nothing.
+    """
+    with tempfile.TemporaryDirectory(prefix="agegap-serve-") as scratch:
+        path = Path(scratch) / "upload"
+        path.write_bytes(data)
         return prepare(Source(path, Path(name)), size, detect=detect, keep_image=True)
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def _face_entry(row: Any) -> dict[str, Any]:
@@ -188,6 +189,17 @@ def create_app(model: Any, model_path: Path, settings: ServeSettings | None = No
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, error: RequestError) -> JSONResponse:
         return error.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals (too many files, unknown path) in the same shape."""
+        return RequestError(error.status_code, str(error.detail)).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_query(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return RequestError(422, f"{where}: {first.get('msg', 'invalid')}").response()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -284,17 +296,11 @@ def create_app(model: Any, model_path: Path, settings: ServeSettings | None = No
 
     async def _prepare_all(named: list[tuple[str, bytes]], detect: bool) -> list[Prepared]:
         loop = asyncio.get_running_loop()
-        with tempfile.TemporaryDirectory(prefix="agegap-serve-") as scratch:
-            jobs = []
-            for index, (name, data) in enumerate(named):
-                folder = Path(scratch) / str(index)
-                folder.mkdir()
-                jobs.append(
-                    loop.run_in_executor(
-                        decoders, _prepare_upload, name, data, size, detect, folder
-                    )
-                )
-            return list(await asyncio.gather(*jobs))
+        jobs = [
+            loop.run_in_executor(decoders, _prepare_upload, name, data, size, detect)
+            for name, data in named
+        ]
+        return list(await asyncio.gather(*jobs))
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

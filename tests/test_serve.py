@@ -302,10 +302,13 @@ def test_bad_input_gets_its_status_and_names_the_file(server: Server) -> None:
         empty = client.post("/predict")
         form_without_file = client.post("/predict", data={"note": "no file"})
         too_many = post(client, [(f"{i}.png", b"x") for i in range(MAX_FILES + 1)])
+        bad_option = post(client, [("face.png", b"x")], detect_faces="maybe")
         assert client.get("/health").json()["status"] == "ok"
     assert empty.status_code == 422 and "no image" in empty.json()["error"]
     assert form_without_file.status_code == 422
-    assert too_many.status_code == 400 and "Too many files" in too_many.text
+    assert too_many.status_code == 400 and "Too many files" in too_many.json()["error"]
+    assert bad_option.status_code == 422
+    assert bad_option.json()["error"].startswith("detect_faces: ")
 
 
 def test_request_body_over_the_limit_is_refused_before_it_is_read(server: Server) -> None:
