@@ -29,8 +29,10 @@ from keras import ops
 class BlogAugmentation(keras.layers.Layer):
     """Random shear (degrees), per-axis zoom and horizontal flip; active only in training.
 
-    Issue 8 adds rotation, shift and cutout, off unless asked for (the blog had none;
-    params.yaml asks for cutout).
+    Beyond the blog, each off unless asked for: rotation, shift, a change of scale (onto
+    a flat background where it zooms out), cutout, and the photometric changes
+    (brightness, contrast, saturation, grayscale, blur) that keep a model from judging the
+    photograph instead of the face.
 
     Matches Keras 2's ``apply_affine_transform``: the matrix maps output pixels to
     input pixels around the image centre, bilinear sampling, ``fill_mode="nearest"``,
@@ -46,6 +48,12 @@ class BlogAugmentation(keras.layers.Layer):
         shift: float = 0.0,
         cutout: float = 0.0,
         seed: int | None = None,
+        scale: float = 0.0,
+        grayscale: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        blur: float = 0.0,
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("dtype", "float32")  # sampling in bf16 would blur; the cost is nil
@@ -56,6 +64,12 @@ class BlogAugmentation(keras.layers.Layer):
         self.rotate_degrees = float(rotate_degrees)
         self.shift = float(shift)
         self.cutout = float(cutout)
+        self.scale = float(scale)
+        self.grayscale = float(grayscale)
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
+        self.saturation = float(saturation)
+        self.blur = float(blur)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
@@ -69,20 +83,80 @@ class BlogAugmentation(keras.layers.Layer):
             and self.rotate_degrees == 0
             and self.shift == 0
             and self.cutout == 0
+            and self.scale == 0
+            and not self.is_photometric
         )
+
+    @property
+    def is_photometric(self) -> bool:
+        """Whether any colour, tone or sharpness change is asked for."""
+        return any((self.grayscale, self.brightness, self.contrast, self.saturation, self.blur))
 
     def call(self, images, training: bool = False):
         images = ops.cast(images, self.compute_dtype)
         if not training or self.is_identity:
             return images
+        transforms = self.random_transforms(ops.shape(images))
         images = ops.image.affine_transform(
             images,
-            self.random_transforms(ops.shape(images)),
+            transforms,
             interpolation="bilinear",
             fill_mode="nearest",
             data_format="channels_last",
         )
-        return self.cut_out(images) if self.cutout else images
+        if self.scale:
+            images = self.fill_outside(images, transforms)
+        if self.cutout:
+            images = self.cut_out(images)
+        return self.photometric(images) if self.is_photometric else images
+
+    def fill_outside(self, images, transforms):
+        """Pixels sampled from outside the image become one random flat colour per image:
+        a looser crop shows a background around the face, not its edge pixels smeared
+        (used with ``scale``, whose zoom-out brings in far more of them)."""
+        shape = ops.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        dtype = self.compute_dtype
+        rows = ops.arange(height, dtype=dtype)[None, :, None]
+        cols = ops.arange(width, dtype=dtype)[None, None, :]
+        t = [transforms[:, i][:, None, None] for i in range(6)]
+        x_in = t[0] * cols + t[1] * rows + t[2]
+        y_in = t[3] * cols + t[4] * rows + t[5]
+        side_x, side_y = ops.cast(width, dtype), ops.cast(height, dtype)
+        outside = (x_in < -0.5) | (x_in > side_x - 0.5) | (y_in < -0.5) | (y_in > side_y - 0.5)
+        colour = keras.random.uniform((batch, 1, 1, 3), 0, 255, dtype=dtype,
+                                      seed=self.seed_generator)
+        return ops.where(outside[..., None], colour, images)
+
+    def photometric(self, images):
+        """Random brightness, contrast and saturation factors in [1 - x, 1 + x] (as PIL's
+        ImageEnhance), grayscale with probability ``grayscale``, and a Gaussian blur of a
+        random sigma up to ``blur`` pixels: the film and print change, the face does not."""
+        batch = ops.shape(images)[0]
+        dtype = self.compute_dtype
+
+        def factors(spread):
+            return keras.random.uniform(
+                (batch, 1, 1, 1), 1 - spread, 1 + spread, dtype=dtype, seed=self.seed_generator
+            )
+
+        if self.brightness:
+            images = images * factors(self.brightness)
+        if self.contrast:
+            mean = ops.mean(luma(images), axis=(1, 2, 3), keepdims=True)
+            images = mean + (images - mean) * factors(self.contrast)
+        if self.saturation:
+            gray = luma(images)
+            images = gray + (images - gray) * factors(self.saturation)
+        if self.grayscale:
+            coin = keras.random.uniform((batch, 1, 1, 1), 0, 1, dtype=dtype,
+                                        seed=self.seed_generator)
+            images = ops.where(coin < self.grayscale, luma(images), images)
+        if self.blur:
+            sigma = keras.random.uniform((batch,), 0, self.blur, dtype=dtype,
+                                         seed=self.seed_generator)
+            images = gaussian_blur(images, sigma)
+        return ops.clip(images, 0, 255)
 
     def cut_out(self, images):
         """Cutout (DeVries and Taylor, 2017): one square per image, ``cutout`` of the side,
@@ -120,26 +194,24 @@ class BlogAugmentation(keras.layers.Layer):
             sign = ops.where(coin < 0.5, -1.0, 1.0)
         else:
             sign = ops.ones((batch,), dtype=dtype)
-        if not (self.rotate_degrees or self.shift):
-            return affine_rows(shear, zoom_rows, zoom_cols, sign, height, width)
-        turn = math.radians(self.rotate_degrees)
-        rotation = keras.random.uniform(
-            (batch,), -turn, turn, dtype=dtype, seed=self.seed_generator
-        )
-        shifts = keras.random.uniform(
-            (2, batch), -self.shift, self.shift, dtype=dtype, seed=self.seed_generator
-        )
-        return affine_rows(
-            shear,
-            zoom_rows,
-            zoom_cols,
-            sign,
-            height,
-            width,
-            rotation=rotation,
-            shift_rows=shifts[0] * ops.cast(height, dtype),
-            shift_cols=shifts[1] * ops.cast(width, dtype),
-        )
+        moves = {}
+        if self.rotate_degrees or self.shift:
+            turn = math.radians(self.rotate_degrees)
+            moves["rotation"] = keras.random.uniform(
+                (batch,), -turn, turn, dtype=dtype, seed=self.seed_generator
+            )
+            shifts = keras.random.uniform(
+                (2, batch), -self.shift, self.shift, dtype=dtype, seed=self.seed_generator
+            )
+            moves["shift_rows"] = shifts[0] * ops.cast(height, dtype)
+            moves["shift_cols"] = shifts[1] * ops.cast(width, dtype)
+        if self.scale:  # both axes alike, as in a looser or tighter crop of the same face
+            reach = math.log1p(self.scale)
+            factor = ops.exp(keras.random.uniform(
+                (batch,), -reach, reach, dtype=dtype, seed=self.seed_generator
+            ))
+            zoom_rows, zoom_cols = zoom_rows * factor, zoom_cols * factor
+        return affine_rows(shear, zoom_rows, zoom_cols, sign, height, width, **moves)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -154,8 +226,46 @@ class BlogAugmentation(keras.layers.Layer):
             shift=self.shift,
             cutout=self.cutout,
             seed=self.seed,
+            scale=self.scale,
+            grayscale=self.grayscale,
+            brightness=self.brightness,
+            contrast=self.contrast,
+            saturation=self.saturation,
+            blur=self.blur,
         )
         return config
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+
+
+def luma(images):
+    """The gray level of each pixel, ``(..., 1)``: what a black-and-white film records."""
+    weights = ops.convert_to_tensor(LUMA, dtype=images.dtype)
+    return ops.sum(images * weights, axis=-1, keepdims=True)
+
+
+BLUR_RADIUS = 3  # taps on each side: covers a sigma of up to about 1.5 pixels
+
+
+def gaussian_blur(images, sigma):
+    """Separable Gaussian blur of each image by its own ``sigma`` (pixels, shape (n,)),
+    edges reflected; a sigma near 0 leaves the image as it is."""
+    taps = ops.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=images.dtype)
+    weights = ops.exp(-(taps[None, :] ** 2) / (2 * sigma[:, None] ** 2 + 1e-6))
+    weights = weights / ops.sum(weights, axis=1, keepdims=True)
+    pad = BLUR_RADIUS
+    size = ops.shape(images)
+    padded = ops.pad(images, [[0, 0], [pad, pad], [0, 0], [0, 0]], mode="reflect")
+    rows = sum(
+        weights[:, k][:, None, None, None] * padded[:, k : k + size[1]]
+        for k in range(2 * pad + 1)
+    )
+    padded = ops.pad(rows, [[0, 0], [0, 0], [pad, pad], [0, 0]], mode="reflect")
+    return sum(
+        weights[:, k][:, None, None, None] * padded[:, :, k : k + size[2]]
+        for k in range(2 * pad + 1)
+    )
 
 
 def affine_rows(

@@ -20,7 +20,8 @@ Tell old from young faces with the model trained by `dvc repro`.
 
   agegap predict PHOTO_OR_FOLDER...   label each face in photos
   agegap score FOLDER                 accuracy, loss, confusion matrix and ROC AUC
-                                      on a labelled folder (FOLDER/old, FOLDER/young)
+                                      on a labelled folder (FOLDER/old, FOLDER/young);
+                                      --probes adds the robustness probes
   agegap serve                        a web page and an HTTP API on the same model
 
 Exit status: 0 when every file was processed, 1 when any file or the model failed
@@ -45,8 +46,9 @@ The numbers come from the same code as the `evaluate` stage (agegap.scoring), so
 `agegap score data/split/test` reproduces metrics.json. A file that cannot be decoded
 is reported on stderr and left out; the exit status is then 1.
 
-example:
+examples:
   agegap score data/split/test --json
+  agegap score data/split/test --probes
 """
 
 
@@ -134,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="crop each image to its largest detected face (with the head margin) before "
         "scoring, for uncropped photos; by default each whole image is used, as the "
         "evaluate stage does",
+    )
+    score.add_argument(
+        "--probes",
+        action="store_true",
+        help="also score every image changed in ways that change no one's age (black and "
+        "white, sepia, looser and tighter crops, darker, brighter, low contrast, JPEG, blur, "
+        "rotation, mirror), and accuracy per class on the colour and grayscale images, as "
+        "the evaluate stage does",
     )
     _serve_parser(commands)
     return parser
@@ -242,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         as_json=args.json,
         detect_faces=args.detect_faces,
         tta_flip=tta_flip,
+        probes=args.probes,
     )
 
 

@@ -128,9 +128,11 @@ def score_command(
     as_json: bool = False,
     detect_faces: bool = False,
     tta_flip: bool = False,
+    probes: bool = False,
     out: TextIO | None = None,
 ) -> int:
-    """Print the scores of the model on ``folder/old`` and ``folder/young``; 1 if a file failed."""
+    """Print the scores of the model on ``folder/old`` and ``folder/young``, and under the
+    robustness probes if asked; 1 if a file failed."""
     if not folder.is_dir():
         raise AgegapError(f"{folder}: no such folder (expected {folder}/old and {folder}/young)")
     model = _load_model(model_path, detect_faces=detect_faces)
@@ -155,13 +157,23 @@ def score_command(
     )
     probabilities = predict_probabilities(model, data.images, tta_flip=tta_flip)
     scores = score_predictions(data.labels, probabilities)
+    probed = None
+    if probes:
+        from agegap.probes import robustness
+
+        probed, _ = robustness(
+            model, data.images, data.labels, tta_flip=tta_flip, clean_probabilities=probabilities
+        )
     if as_json:
         payload = report.scores_dict(
-            scores, folder=str(folder), model=str(model_path), failed=failed
+            scores, folder=str(folder), model=str(model_path), failed=failed,
+            **(probed.metrics() if probed else {}),
         )
         out.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     else:
         out.write(report.scores_text(scores, str(folder), str(model_path)))
+        if probed:
+            out.write("\n" + report.robustness_text(probed))
     return 1 if failed else 0
 
 

@@ -7,7 +7,6 @@ arrays; batches are numpy slices of those, the same on every Keras backend.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import numpy as np
 
 from agegap import CLASS_NAMES
 from agegap.errors import AgegapError
-from agegap.images import load_many
+from agegap.images import DECODE_THREADS, load_many
 
 SPLIT_DIR = Path("data/split")
 
@@ -83,7 +82,7 @@ def load_folder(
     if loader is None:
         images = load_many(paths, image_size)
     else:
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             images = np.stack(list(pool.map(loader, paths)))
     return ImageSet(images, np.asarray(labels, np.float32), tuple(str(p) for p in paths))
 

@@ -19,6 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # A decompression bomb (a tiny file that claims a giant canvas) must be refused, not decoded.
 MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Threads that decode at once: Pillow releases the GIL while it inflates PNG data.
+DECODE_THREADS = min(8, (os.cpu_count() or 1) * 2)
 
 
 class UndecodableImageError(ValueError):
@@ -95,13 +97,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: Path, size: int, *, exif_transpose: bool = False) -> np.ndarray:
-    """Decode ``path`` into a ``(size, size, 3)`` uint8 array, resizing when needed."""
+def load_rgb(path: Path, size: int | None, *, exif_transpose: bool = False) -> np.ndarray:
+    """Decode ``path`` into a ``(size, size, 3)`` uint8 array, resizing when needed
+    (``size=None``: as stored)."""
     with Image.open(path) as image:
         if exif_transpose:
             image = ImageOps.exif_transpose(image)
         rgb = to_rgb(image)
-        if rgb.size != (size, size):
+        if size is not None and rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8)
 
@@ -118,6 +121,6 @@ def load_many(paths: Sequence[Path], size: int) -> np.ndarray:
     def fill(index: int) -> None:
         batch[index] = load_rgb(paths[index], size)
 
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         list(pool.map(fill, range(len(paths))))
     return batch

@@ -18,11 +18,23 @@ import zipfile
 from pathlib import Path
 
 import keras
-from keras import layers
+from keras import layers, ops
 
-from agegap.augment import BlogAugmentation
+from agegap.augment import BlogAugmentation, luma
 from agegap.errors import AgegapError
 from agegap.params import Params
+
+
+@keras.saving.register_keras_serializable(package="agegap")
+class Grayscale(keras.layers.Layer):
+    """Every image as black and white (its luma in all three channels), in training and
+    in use: a network that never sees colour cannot judge a photograph by its film."""
+
+    def call(self, images):
+        return ops.repeat(luma(images), 3, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 def _activation(params: Params, name: str) -> keras.layers.Layer:
@@ -47,8 +59,16 @@ def build_model(params: Params) -> keras.Model:
         shift=params.augment_shift,
         cutout=params.augment_cutout,
         seed=params.seed,
+        scale=params.augment_scale,
+        grayscale=params.augment_grayscale,
+        brightness=params.augment_brightness,
+        contrast=params.augment_contrast,
+        saturation=params.augment_saturation,
+        blur=params.augment_blur,
         name="augmentation",
     )(inputs)
+    if params.input_grayscale:
+        x = Grayscale(name="grayscale")(x)
     x = layers.Rescaling(1.0 / 255, name="rescaling")(x)
     for block, filters in enumerate(params.conv_filters, start=1):
         x = layers.Conv2D(

@@ -52,6 +52,8 @@ class Params:
     train_per_class: int = 1200
     validation_per_class: int = 600
     test_per_class: int = 110
+    cv_folds: int = 0
+    cv_fold: int = 0
     # model
     conv_filters: tuple[int, ...] = (32, 32, 64)
     kernel_size: int = 5
@@ -74,6 +76,13 @@ class Params:
     augment_rotate_degrees: float = 0.0
     augment_shift: float = 0.0
     augment_cutout: float = 0.4
+    augment_scale: float = 0.0
+    augment_grayscale: float = 0.0
+    augment_brightness: float = 0.0
+    augment_contrast: float = 0.0
+    augment_saturation: float = 0.0
+    augment_blur: float = 0.0
+    input_grayscale: bool = False
     mixup_alpha: float = 0.0
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
@@ -152,6 +161,8 @@ _VALIDATORS: dict[str, Any] = {
     "train_per_class": lambda k, v: _as_int(k, v, 1),
     "validation_per_class": lambda k, v: _as_int(k, v, 1),
     "test_per_class": lambda k, v: _as_int(k, v, 1),
+    "cv_folds": lambda k, v: _as_int(k, v, 0),
+    "cv_fold": lambda k, v: _as_int(k, v, 0),
     "conv_filters": _as_filters,
     "kernel_size": lambda k, v: _as_int(k, v, 1),
     "padding": lambda k, v: _as_choice(k, v, PADDINGS),
@@ -172,6 +183,13 @@ _VALIDATORS: dict[str, Any] = {
     "augment_rotate_degrees": lambda k, v: _as_float(k, v, 0.0, 180.0, high_open=False),
     "augment_shift": lambda k, v: _as_float(k, v, 0.0, 0.5, high_open=False),
     "augment_cutout": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=False),
+    "augment_scale": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=False),
+    "augment_grayscale": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=False),
+    "augment_brightness": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=True),
+    "augment_contrast": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=True),
+    "augment_saturation": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=False),
+    "augment_blur": lambda k, v: _as_float(k, v, 0.0, 3.0, high_open=False),
+    "input_grayscale": _as_bool,
     "mixup_alpha": lambda k, v: _as_float(k, v, 0.0, 10.0, high_open=False),
     "lr_schedule": lambda k, v: _as_choice(k, v, LR_SCHEDULES),
     "weight_decay": lambda k, v: _as_float(k, v, 0.0, 1.0, high_open=False),
@@ -198,8 +216,16 @@ def params_from_dict(raw: dict[str, Any], *, source: str = "params.yaml") -> Par
                 raise AgegapError(str(error).replace("params.yaml", source, 1)) from None
     extra = {k: v for k, v in raw.items() if k not in _VALIDATORS}
     params = Params(**values, extra=extra)
+    _check_folds(params)
     _check_architecture(params)
     return params
+
+
+def _check_folds(params: Params) -> None:
+    if params.cv_folds == 1:
+        raise _fail("cv_folds", 1, "0 (no cross-validation) or at least 2")
+    if params.cv_folds and params.cv_fold >= params.cv_folds:
+        raise _fail("cv_fold", params.cv_fold, f"a fold from 0 to {params.cv_folds - 1}")
 
 
 def _check_architecture(params: Params) -> None:

@@ -11,10 +11,13 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agegap.predict import FACE_DETECTED, FACE_NONE, FACE_NOT_SEARCHED, Prediction
 from agegap.scoring import Scores
+
+if TYPE_CHECKING:
+    from agegap.probes import ProbeScore, Robustness
 
 CSV_COLUMNS = (
     "file",
@@ -134,4 +137,33 @@ def scores_text(scores: Scores, folder: str, model: str) -> str:
             f"  true young       {young_old:>13}  {young_young:>15}",
             "",
         ]
+    )
+
+
+def robustness_text(probed: Robustness) -> str:
+    """The probes' table as ``agegap score --probes`` prints it for people."""
+    lines = [
+        "probe              accuracy  change  old called young  young called old",
+        _probe_line("clean", probed.clean, probed.clean.accuracy),
+    ]
+    lines += [_probe_line(name, score, probed.clean.accuracy)
+              for name, score in probed.probes.items()]
+    lines.append(
+        f"worst probe: {probed.worst_probe}, {100 * probed.gap:.1f} points below clean"
+    )
+    for film, classes in probed.by_colour.items():
+        parts = [
+            f"{label} {'-' if group['accuracy'] is None else format(group['accuracy'], '.4f')}"
+            f" (n={group['n']})"
+            for label, group in classes.items()
+        ]
+        lines.append(f"{film + ' images:':<17} " + ", ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def _probe_line(name: str, score: ProbeScore, clean: float) -> str:
+    change = 100 * (score.accuracy - clean)
+    return (
+        f"{name:<18} {score.accuracy:>8.4f}  {change:>+6.1f}  {score.old_called_young:>16}  "
+        f"{score.young_called_old:>16}"
     )

@@ -14,6 +14,8 @@ from sklearn import metrics as skm
 from agegap import CLASS_NAMES
 
 PREDICT_BATCH = 256
+# P(young) at or above this is called young.
+DECISION_THRESHOLD = 0.5
 _EPSILON = 1e-7  # Keras' clip for binary cross-entropy
 
 
@@ -56,7 +58,7 @@ def score_predictions(labels: np.ndarray, probabilities: np.ndarray) -> Scores:
     """Scores from true labels (1 = young) and predicted P(young)."""
     labels = np.asarray(labels).astype(int).reshape(-1)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    predicted = (probabilities >= 0.5).astype(int)
+    predicted = (probabilities >= DECISION_THRESHOLD).astype(int)
     clipped = np.clip(probabilities, _EPSILON, 1 - _EPSILON)
     loss = -np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
     both_classes = len(np.unique(labels)) == 2

@@ -61,11 +61,26 @@ def _surplus(unit_members: dict[str, list[int]], short: dict[str, int]) -> tuple
     return wasted, -filled
 
 
+def deal_folds(units: list[int], sizes: dict[int, int], folds: int) -> list[list[int]]:
+    """Units dealt in the given order to ``folds`` folds, each to the fold with the fewest
+    images so far, so that the folds come out the same size give or take one unit."""
+    dealt: list[list[int]] = [[] for _ in range(folds)]
+    filled = [0] * folds
+    for unit in units:
+        smallest = filled.index(min(filled))
+        dealt[smallest].append(unit)
+        filled[smallest] += sizes[unit]
+    return dealt
+
+
 def assign_splits(
-    manifest: pd.DataFrame, strategy: str, quotas: Quotas, seed: int
+    manifest: pd.DataFrame, strategy: str, quotas: Quotas, seed: int,
+    *, folds: int = 0, fold: int = 0,
 ) -> pd.DataFrame:
     """The decoded images of ``manifest`` with a ``split`` column (or ``unused``).
 
+    With ``folds`` > 0 the test split is fold ``fold`` of a k-fold partition of all units
+    (so over the k runs every image is tested once) and ``quotas.test`` is not used.
     Raises :class:`AgegapError` where train and validation cannot be filled; the test
     split takes what remains up to its quota, and the real counts are reported.
     """
@@ -82,7 +97,16 @@ def assign_splits(
 
     split_of_image = np.full(len(images), UNUSED, dtype=object)
     remaining = [int(unit_ids[i]) for i in order]
-    for split in SPLITS:
+    dealt_by_quota = SPLITS
+    if folds:
+        sizes = {u: sum(len(m) for m in members[u].values()) for u in remaining}
+        tested = set(deal_folds(remaining, sizes, folds)[fold])
+        for unit in tested:
+            for c in CLASS_NAMES:
+                split_of_image[members[unit][c]] = "test"
+        remaining = [u for u in remaining if u not in tested]
+        dealt_by_quota = ("train", "validation")
+    for split in dealt_by_quota:
         quota = quotas.of(split)
         filled = dict.fromkeys(CLASS_NAMES, 0)
         left_over = []
@@ -108,8 +132,9 @@ def assign_splits(
         if split != "test" and any(filled[c] < quota for c in CLASS_NAMES):
             raise AgegapError(
                 f"data/raw/manifest.csv: too few images for {split}_per_class={quota} with "
-                f"split_strategy={strategy} (could fill {filled}); lower train_per_class / "
-                "validation_per_class or use more data"
+                f"split_strategy={strategy}{f' and cv_folds={folds}' if folds else ''} "
+                f"(could fill {filled}); lower train_per_class / validation_per_class or "
+                "use more data"
             )
     images["split"] = split_of_image.astype(str)
     return images

@@ -8,6 +8,7 @@ resumes where it stopped; the report gives mean ± standard deviation over seeds
 
     python bench/accuracy.py --recipes blog cutout --epochs 100
     python bench/accuracy.py --recipes cutout --strategies identity --seeds 0 --epochs 30
+    python bench/accuracy.py --recipes blog cutout --seeds 0 --folds 5   # every image tested once
     KERAS_BACKEND=jax python bench/accuracy.py --jobs 12 --no-dvclive   # one GPU, many runs
 
 Runs on a GPU record ``device: gpu`` and are summarised apart from CPU runs: the
@@ -35,6 +36,10 @@ RECIPES_FILE = Path(__file__).with_name("accuracy_recipes.yaml")
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "LAGdataset_100.zip"
 # The blog's recipe: every other recipe is summarised against it, seed by seed.
 ANCHOR = "blog"
+# Under k-fold cross-validation the other folds hold about (k-1)/k of each class, too few
+# for the 1,200 + 600 of the usual quotas at k = 5: validation gives way, training keeps
+# its 1,200 images per class.
+CV_VALIDATION_PER_CLASS = 300
 
 
 def load_recipes(path: Path) -> dict[str, dict[str, Any]]:
@@ -131,10 +136,14 @@ def code_of_run(before: str, after: str) -> str:
 
 def run_once(
     work: Path, raw: Path, recipe: str, overrides: dict, strategy: str, seed: int, epochs: int,
-    *, dvclive: bool = True,
+    *, dvclive: bool = True, folds: int = 0, fold: int | None = None,
 ) -> dict[str, Any]:
-    """One pipeline run; returns its test and validation scores, timing and device."""
-    workspace = work / f"{recipe}-{strategy}-{seed}"
+    """One pipeline run; returns its test and validation scores, timing and device.
+
+    With ``folds`` the test split is fold ``fold`` of a k-fold partition (``cv_folds``).
+    """
+    suffix = f"-fold{fold}of{folds}" if folds else ""
+    workspace = work / f"{recipe}-{strategy}-{seed}{suffix}"
     (workspace / "data").mkdir(parents=True, exist_ok=True)
     link = workspace / "data" / "raw"
     if not link.exists():
@@ -145,6 +154,8 @@ def run_once(
         "split_seed": seed,
         "seed": seed,
         "epochs": epochs,
+        **({"cv_folds": folds, "cv_fold": fold, "validation_per_class": CV_VALIDATION_PER_CLASS}
+           if folds else {}),
     }
     (workspace / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     code_at_start = code_version()
@@ -158,10 +169,14 @@ def run_once(
         "recipe": recipe,
         "strategy": strategy,
         "seed": seed,
+        **({"folds": folds, "fold": fold} if folds else {}),
         "epochs": epochs,
         "overrides": overrides,
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
+        "probes": test["probes"],
+        "worst_probe": test["robustness"]["worst_probe"],
+        "by_colour": test["by_colour"],
         "n_test": test["n_test"],
         "best_val_accuracy": trained["best_val_accuracy"],
         "best_epoch": trained["best_epoch"],
@@ -184,6 +199,16 @@ def at_chance(row: dict[str, Any]) -> bool:
     return row["best_val_accuracy"] <= 0.5
 
 
+def run_key(row: dict[str, Any]) -> tuple[int, int | None]:
+    """Which split a run tested on: its seed, and its fold under cross-validation."""
+    return row["seed"], row.get("fold")
+
+
+def pooled_accuracy(rows: list[dict[str, Any]]) -> float:
+    """Correct answers over all test images of the runs, each run weighted by its size."""
+    return sum(r["test_accuracy"] * r["n_test"] for r in rows) / sum(r["n_test"] for r in rows)
+
+
 def device_of(row: dict[str, Any]) -> str:
     """Where a run trained; rows stored before this was recorded all ran on the CPU."""
     return row.get("device", "cpu")
@@ -194,18 +219,21 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     and each recipe's paired difference from ``ANCHOR`` run on the same splits."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = (row["recipe"], row["strategy"], row["epochs"], device_of(row))
+        key = (row["recipe"], row["strategy"], row["epochs"], device_of(row), row.get("folds"))
         groups.setdefault(key, []).append(row)
     summary = []
-    for (recipe, strategy, epochs, device), members in groups.items():
+    for (recipe, strategy, epochs, device, folds), members in groups.items():
         accuracies = [m["test_accuracy"] for m in members]
         flipped = [m for m in members if "test_accuracy_tta" in m]
-        anchored = {m["seed"]: m for m in groups.get((ANCHOR, strategy, epochs, device), [])}
+        anchor = groups.get((ANCHOR, strategy, epochs, device, folds), [])
+        anchored = {run_key(m): m for m in anchor}
         paired = [  # a run at chance is broken training: it says nothing of a recipe
-            m["test_accuracy"] - anchored[m["seed"]]["test_accuracy"]
+            m["test_accuracy"] - anchored[run_key(m)]["test_accuracy"]
             for m in members
-            if m["seed"] in anchored and not at_chance(m) and not at_chance(anchored[m["seed"]])
+            if run_key(m) in anchored and not at_chance(m)
+            and not at_chance(anchored[run_key(m)])
         ] if recipe != ANCHOR else []
+        std = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
         summary.append({
             "recipe": recipe,
             "strategy": strategy,
@@ -213,14 +241,25 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "device": device,
             "machines": sorted({m["machine"] for m in members if "machine" in m}),
             "runs": len(members),
+            "folds": folds,
             "at_chance": sum(at_chance(m) for m in members),
-            "seeds": sorted(m["seed"] for m in members),
-            "mean": statistics.fmean(accuracies),
-            "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "seeds": sorted({m["seed"] for m in members}),
+            # Under cross-validation each image is tested once: the accuracy over all of them.
+            "mean": pooled_accuracy(members) if folds else statistics.fmean(accuracies),
+            "std": std,
+            # Of the mean: seed-to-seed (or fold-to-fold) spread and test-set noise together.
+            "se": std / len(accuracies) ** 0.5,
             # Seed by seed against the anchor: the same split and test images, so the
             # split-to-split spread (about ±2 points here) cancels out of the difference.
             "paired_runs": len(paired),
             "paired_gain": statistics.fmean(paired) if paired else None,
+            # Robustness probes (rows made before the probes existed have none).
+            "probe_runs": len(probed := [m for m in members if "probes" in m]),
+            "grayscale_mean": statistics.fmean(m["probes"]["grayscale"] for m in probed)
+            if probed else None,
+            "worst_probe_mean": statistics.fmean(min(m["probes"].values()) for m in probed)
+            if probed else None,
+            "worst_probes": sorted({m["worst_probe"] for m in probed}),
             "val_mean": statistics.fmean(m["best_val_accuracy"] for m in members),
             "best_epoch_mean": statistics.fmean(m["best_epoch"] for m in members),
             "seconds_per_epoch": statistics.fmean(m["seconds_per_epoch"] for m in members),
@@ -231,7 +270,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ) if flipped else None,
         })
     return sorted(
-        summary, key=lambda s: (s["device"], s["strategy"], s["recipe"], s["epochs"])
+        summary,
+        key=lambda s: (s["device"], s["strategy"], s["recipe"], s["epochs"], s["folds"] or 0),
     )
 
 
@@ -242,17 +282,21 @@ def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
         f"Machines: {'; '.join(machines)}.",
         "",
         "| device | split | recipe | epochs | runs (seeds) | test accuracy, mean ± sd "
+        "| standard error of the mean "
         f"| paired vs `{ANCHOR}`, same seeds (runs) "
         "| best val acc | best epoch | s/epoch | flip TTA on the same models, gain (runs) "
-        "| runs at chance (val ≤ 50%) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| runs at chance (val ≤ 50%) | black and white probe | worst probe, mean (which) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
             f"| {s['device']} | {s['strategy']} | {s['recipe']} | {s['epochs']} | {s['runs']} "
-            f"({', '.join(map(str, s['seeds']))}) | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} "
+            f"({', '.join(map(str, s['seeds']))}{_folds(s)}) "
+            f"| {100 * s['mean']:.2f} ± {100 * s['std']:.2f} | {100 * s['se']:.2f} "
             f"| {_gain(s, 'paired')} | {100 * s['val_mean']:.2f} | {s['best_epoch_mean']:.0f} "
-            f"| {s['seconds_per_epoch']:.2f} | {_gain(s, 'tta')} | {s['at_chance']} |"
+            f"| {s['seconds_per_epoch']:.2f} | {_gain(s, 'tta')} | {s['at_chance']} "
+            f"| {_percent(s['grayscale_mean'])} | {_percent(s['worst_probe_mean'])}"
+            f"{' (' + ', '.join(s['worst_probes']) + ')' if s['worst_probes'] else ''} |"
         )
     lines += ["", "Recipes (the params.yaml keys each run sets; bench/accuracy_recipes.yaml):", ""]
     base = recipes.get(ANCHOR, {})
@@ -264,6 +308,14 @@ def markdown(summary: list[dict[str, Any]], recipes: dict[str, dict]) -> str:
         changed = {k: v for k, v in recipe.items() if base.get(k) != v}
         lines.append(f"- `{name}`: `{ANCHOR}` with `{json.dumps(changed, sort_keys=True)}`")
     return "\n".join(lines) + "\n"
+
+
+def _folds(summary: dict[str, Any]) -> str:
+    return f"; {summary['folds']}-fold, all pooled" if summary["folds"] else ""
+
+
+def _percent(fraction: float | None) -> str:
+    return "" if fraction is None else f"{100 * fraction:.2f}"
 
 
 def _gain(summary: dict[str, Any], kind: str) -> str:
@@ -289,20 +341,23 @@ def run_pending(
     """
     args.work.mkdir(parents=True, exist_ok=True)
     raw = prepare_raw(args.work, args.archive)
+    folds = range(args.folds) if args.folds else [None]
     pending = [
-        (recipe, strategy, seed)
+        (recipe, strategy, seed, fold)
         for recipe in args.recipes for strategy in args.strategies for seed in args.seeds
-        if not any((d["recipe"], d["strategy"], d["seed"], d["epochs"]) ==
-                   (recipe, strategy, seed, args.epochs) and d["overrides"] == recipes[recipe]
-                   for d in done)
+        for fold in folds
+        if not any((d["recipe"], d["strategy"], d["seed"], d.get("fold"), d["epochs"]) ==
+                   (recipe, strategy, seed, fold, args.epochs)
+                   and d["overrides"] == recipes[recipe] for d in done)
     ]
     rows, failures = [], []
     # Each run is three stage processes; several at once share the cores (or one GPU).
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
             pool.submit(run_once, args.work, raw, recipe, recipes[recipe], strategy, seed,
-                        args.epochs, dvclive=not args.no_dvclive): (recipe, strategy, seed)
-            for recipe, strategy, seed in pending
+                        args.epochs, dvclive=not args.no_dvclive, folds=args.folds, fold=fold):
+            (recipe, strategy, f"{seed}" + ("" if fold is None else f" fold {fold}"))
+            for recipe, strategy, seed, fold in pending
         }
         for future in as_completed(futures):
             recipe, strategy, seed = futures[future]
@@ -328,6 +383,9 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["image", "identity"],
                         choices=["image", "identity"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--folds", type=int, default=0,
+                        help="k-fold cross-validation: k runs per seed, each image tested once "
+                        f"(validation_per_class={CV_VALIDATION_PER_CLASS}); 0 = off")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--work", type=Path, default=REPO / ".bench-accuracy",
@@ -349,6 +407,8 @@ def main() -> None:
         raise SystemExit(f"error: {args.recipes_file}: no recipe {unknown}; have {sorted(recipes)}")
     if args.jobs < 1:
         raise SystemExit(f"error: --jobs {args.jobs}: must be at least 1")
+    if args.folds == 1 or args.folds < 0:
+        raise SystemExit(f"error: --folds {args.folds}: must be 0 (off) or at least 2")
     results_file = args.results or args.work / "results.jsonl"
     done = [json.loads(line) for line in results_file.read_text().splitlines()] \
         if results_file.exists() else []

@@ -1,13 +1,13 @@
-"""``evaluate`` stage: the kept model on the test split.
+"""``evaluate`` stage: the kept model on the test split, clean and under the robustness probes.
 
-Writes ``metrics.json`` (accuracy, loss, precision, recall, F1, ROC AUC, number of
-test images, best epoch) and, under ``plots/evaluate/``, the data of the confusion
-matrix, ROC and precision-recall curves, and a gallery of the misclassified faces.
+Writes ``metrics.json`` and, under ``plots/evaluate/``, the data of the plots (in git)
+and pictures of test faces (DVC-cached only: the LAG licence forbids redistribution).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,19 @@ from agegap.dataset import ImageSet, load_split
 from agegap.errors import AgegapError, exits_cleanly
 from agegap.model import load_trained_model
 from agegap.params import Params, load_params
-from agegap.scoring import label_names, predict_probabilities, score_predictions
+from agegap.probes import PROBES, robustness
+from agegap.scoring import (
+    DECISION_THRESHOLD,
+    label_names,
+    predict_probabilities,
+    score_predictions,
+)
 from stages.train import MODEL_PATH, TRAIN_METRICS
 
 METRICS_PATH = Path("metrics.json")
 PLOTS_DIR = Path("plots/evaluate")
 GALLERY_MAX = 40
+PROBE_EXAMPLES = 3  # test faces of each class shown under every probe
 
 
 def evaluate(params: Params, root: Path = Path(".")) -> dict[str, Any]:
@@ -45,13 +52,20 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         "precision": scores.precision,
         "recall": scores.recall,
         "f1": scores.f1,
-        "roc_auc": scores.roc_auc,
+        "roc_auc": None if math.isnan(scores.roc_auc) else scores.roc_auc,
         "n_test": scores.n_images,
         "best_epoch": _best_epoch(root),
     }
+    probed, probe_probabilities = robustness(
+        model, test.images, test.labels, tta_flip=params.tta_flip,
+        clean_probabilities=probabilities,
+    )
+    metrics.update(probed.metrics())
     with atomic_dir(root / PLOTS_DIR) as staging:
         _write_curves(test, probabilities, staging)
+        _write_probes(metrics, staging / "probes.csv")
         _gallery(test, probabilities, staging / "misclassified.png")
+        _probe_examples(test, probe_probabilities, staging / "probe_examples.png")
     write_json(root / METRICS_PATH, metrics)
     return metrics
 
@@ -68,7 +82,7 @@ def _best_epoch(root: Path) -> int | None:
 
 def _write_curves(test: ImageSet, probabilities: np.ndarray, folder: Path) -> None:
     labels = test.labels.astype(int)
-    predicted = (probabilities >= 0.5).astype(int)
+    predicted = (probabilities >= DECISION_THRESHOLD).astype(int)
     pd.DataFrame(
         {"actual": label_names(labels), "predicted": label_names(predicted)}
     ).to_csv(folder / "confusion.csv", index=False)
@@ -86,8 +100,8 @@ def _write_curves(test: ImageSet, probabilities: np.ndarray, folder: Path) -> No
 def _gallery(test: ImageSet, probabilities: np.ndarray, target: Path) -> None:
     """The misclassified test faces, worst first, titled with truth and P(young)."""
     labels = test.labels.astype(int)
-    wrong = np.flatnonzero((probabilities >= 0.5).astype(int) != labels)
-    confidence = np.abs(probabilities[wrong] - 0.5)
+    wrong = np.flatnonzero((probabilities >= DECISION_THRESHOLD).astype(int) != labels)
+    confidence = np.abs(probabilities[wrong] - DECISION_THRESHOLD)
     wrong = wrong[np.argsort(-confidence, kind="stable")][:GALLERY_MAX]
     columns = 8
     rows = max(1, int(np.ceil(len(wrong) / columns)))
@@ -108,12 +122,55 @@ def _gallery(test: ImageSet, probabilities: np.ndarray, target: Path) -> None:
     plt.close(figure)
 
 
+def _write_probes(metrics: dict[str, Any], target: Path) -> None:
+    """Accuracy per probe, clean first: the data of the bar plot in dvc.yaml."""
+    rows = [("clean", metrics["accuracy"]), *metrics["probes"].items()]
+    pd.DataFrame(rows, columns=["probe", "accuracy"]).to_csv(target, index=False)
+
+
+def _probe_examples(
+    test: ImageSet, probabilities: dict[str, np.ndarray], target: Path
+) -> None:
+    """A few test faces of each class, clean and under every probe, titled with P(young)."""
+    from agegap.probes import apply_probe
+
+    labels = test.labels.astype(int)
+    chosen = np.concatenate(
+        [np.flatnonzero(labels == label)[:PROBE_EXAMPLES] for label in (0, 1)]
+    )
+    columns = ["clean", *PROBES]
+    figure, axes = plt.subplots(
+        len(chosen), len(columns), figsize=(len(columns) * 1.3, len(chosen) * 1.5),
+        squeeze=False,
+    )
+    for column, name in enumerate(columns):
+        images = test.images[chosen]
+        shown = images if name == "clean" else apply_probe(name, images)
+        for row, index in enumerate(chosen):
+            axis = axes[row][column]
+            axis.imshow(shown[row])
+            axis.set_xticks([])
+            axis.set_yticks([])
+            p_young = probabilities[name][index]
+            right = (p_young >= DECISION_THRESHOLD) == labels[index]
+            title = f"{name}\n{p_young:.2f}" if row == 0 else f"{p_young:.2f}"
+            axis.set_title(title, fontsize=7, color="black" if right else "red")
+            if column == 0:
+                axis.set_ylabel(f"true {label_names([labels[index]])[0]}", fontsize=7)
+    figure.suptitle("P(young) of test faces under each probe (red: wrong)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(target, dpi=70)
+    plt.close(figure)
+
+
 @exits_cleanly
 def main() -> None:
     metrics = evaluate(load_params())
     print(
         f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
-        f"ROC AUC {metrics['roc_auc']:.4f} on {metrics['n_test']} images -> {METRICS_PATH}",
+        f"ROC AUC {metrics['roc_auc'] or float('nan'):.4f} on {metrics['n_test']} images; "
+        f"worst probe {metrics['robustness']['worst_probe']} "
+        f"{metrics['robustness']['worst_probe_accuracy']:.4f} -> {METRICS_PATH}",
         file=sys.stderr,
     )
 

@@ -2,7 +2,7 @@
 
 The folders are the blog's layout, browsable by eye (hard links to ``data/raw``,
 copies where links are not possible); ``manifest.csv`` records every decoded image's
-split and ``report.json`` the counts and any leak between splits.
+split and colourfulness, and ``report.json`` the counts and any leak between splits.
 """
 
 from __future__ import annotations
@@ -10,20 +10,25 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 
 from agegap.atomic import atomic_dir, write_json
+from agegap.colourfulness import GRAYSCALE_BELOW, colourfulness
 from agegap.errors import AgegapError, exits_cleanly
+from agegap.images import DECODE_THREADS, load_rgb
 from agegap.lag import read_manifest
 from agegap.params import Params, load_params
 from agegap.splitting import SPLITS, UNUSED, Quotas, assign_splits, split_report
 
 RAW_DIR = Path("data/raw")
 SPLIT_DIR = Path("data/split")
-SPLIT_MANIFEST_COLUMNS = ["split", "label", "identity", "split_path", "path", "sha256"]
+SPLIT_MANIFEST_COLUMNS = [
+    "split", "label", "identity", "split_path", "path", "sha256", "colourfulness", "grayscale",
+]
 
 
 def split(params: Params, root: Path = Path(".")) -> dict[str, Any]:
@@ -33,12 +38,27 @@ def split(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         raise AgegapError(f"{raw_manifest}: missing; run the download stage first")
     manifest = read_manifest(raw_manifest)
     quotas = Quotas(params.train_per_class, params.validation_per_class, params.test_per_class)
-    assigned = assign_splits(manifest, params.split_strategy, quotas, params.split_seed)
+    assigned = assign_splits(
+        manifest, params.split_strategy, quotas, params.split_seed,
+        folds=params.cv_folds, fold=params.cv_fold,
+    )
     assigned["split_path"] = [
         _split_path(row.split, row.label, row.identity, row.path) if row.split != UNUSED else ""
         for row in assigned.itertuples()
     ]
+    assigned["colourfulness"] = _colourfulness(root / RAW_DIR, assigned["path"])
+    assigned["grayscale"] = assigned["colourfulness"] < GRAYSCALE_BELOW
     report = split_report(assigned, quotas, params.split_strategy, params.split_seed)
+    report["cv"] = {"folds": params.cv_folds, "fold": params.cv_fold} if params.cv_folds else None
+    report["grayscale_below"] = GRAYSCALE_BELOW
+    report["grayscale_images"] = {
+        name: {
+            label: int(((assigned["split"] == name) & (assigned["label"] == label)
+                        & assigned["grayscale"]).sum())
+            for label in ("old", "young")
+        }
+        for name in SPLITS
+    }
     with atomic_dir(root / SPLIT_DIR) as staging:
         for split_name in SPLITS:
             for label in ("old", "young"):
@@ -56,6 +76,16 @@ def split(params: Params, root: Path = Path(".")) -> dict[str, Any]:
 def _split_path(split_name: str, label: str, identity: str, raw_path: str) -> str:
     """``<split>/<label>/<identity>__<file>``: unique, and tells whose photo it is."""
     return f"{split_name}/{label}/{identity}__{PurePosixPath(raw_path).name}"
+
+
+def _colourfulness(raw: Path, paths: pd.Series) -> list[float]:
+    """Each image's colourfulness, rounded so that the manifest reads the same everywhere."""
+
+    def measure(path: str) -> float:
+        return round(float(colourfulness(load_rgb(raw / path, None))[0]), 2)
+
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        return list(pool.map(measure, paths))
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

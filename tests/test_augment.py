@@ -204,3 +204,84 @@ def test_model_saves_and_loads(tmp_path: Path) -> None:
         ops.convert_to_numpy(model(batch, training=False)),
         rtol=1e-6,
     )
+
+
+ROBUSTNESS_LEVERS = {
+    "scale": 0.4, "grayscale": 0.5, "brightness": 0.3, "contrast": 0.3, "saturation": 0.5,
+    "blur": 1.5,
+}
+
+
+@pytest.mark.parametrize("lever", sorted(ROBUSTNESS_LEVERS))
+def test_robustness_levers_come_after_every_other_draw(lever: str) -> None:
+    """Turning a robustness lever on changes nothing of what the other draws did:
+    runs without it keep every transform they had before it existed."""
+    batch = np.random.default_rng(7).integers(0, 256, (8, SIDE, SIDE, 3), dtype=np.uint8)
+    base = {"shear_degrees": 5, "zoom": 0.2, "cutout": 0.3, "seed": 3}
+    without = ops.convert_to_numpy(BlogAugmentation(**base)(batch, training=True))
+    layer = BlogAugmentation(**base, **{lever: ROBUSTNESS_LEVERS[lever]})
+    assert not layer.is_identity
+    with_lever = ops.convert_to_numpy(layer(batch, training=True))
+    assert not np.array_equal(with_lever, without)
+    assert with_lever.min() >= 0 and with_lever.max() <= 255
+    np.testing.assert_array_equal(  # nothing at inference
+        ops.convert_to_numpy(layer(batch, training=False)), batch.astype(np.float32))
+
+
+def test_grayscale_turns_the_chosen_share_black_and_white() -> None:
+    batch = np.random.default_rng(8).integers(0, 256, (400, 8, 8, 3), dtype=np.uint8)
+    layer = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, grayscale=0.5, seed=0)
+    out = ops.convert_to_numpy(layer(batch, training=True))
+    gray = np.all(out[..., :1] == out, axis=(1, 2, 3))
+    assert 0.4 < gray.mean() < 0.6
+    luma = batch[gray].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    np.testing.assert_allclose(out[gray][..., 0], luma, rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(out[~gray], batch[~gray].astype(np.float32))
+
+
+def test_scale_zooms_both_ways_onto_a_flat_colour() -> None:
+    """Zoom factors spread over [1/1.4, 1.4] in both directions; pixels from outside the
+    image are one flat colour per image, not the smeared edge."""
+    layer = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, scale=0.4, seed=2)
+    rows = ops.convert_to_numpy(layer.random_transforms((4000, 100, 100, 3)))
+    factor = rows[:, 0]
+    assert factor.min() >= 1 / 1.4 - 1e-5 and factor.max() <= 1.4 + 1e-5
+    assert 0.4 < np.mean(factor > 1) < 0.6
+    batch = np.full((32, 20, 20, 3), 200, np.uint8)
+    out = ops.convert_to_numpy(layer(batch, training=True))
+    for image in out:
+        corner = image[0, 0]
+        if np.array_equal(corner, [200, 200, 200]):
+            continue  # zoomed in: nothing from outside
+        border = image[0]
+        np.testing.assert_array_equal(border, np.broadcast_to(corner, border.shape))
+
+
+def test_blur_smooths_and_a_zero_sigma_keeps_the_image() -> None:
+    from agegap.augment import gaussian_blur
+
+    batch = np.random.default_rng(9).integers(0, 256, (2, 16, 16, 3)).astype(np.float32)
+    out = ops.convert_to_numpy(gaussian_blur(ops.convert_to_tensor(batch), ops.convert_to_tensor(
+        np.array([0.0, 1.5], np.float32))))
+    np.testing.assert_allclose(out[0], batch[0], atol=1e-3)
+    assert out[1].std() < 0.6 * batch[1].std()
+    np.testing.assert_allclose(out[1].mean(), batch[1].mean(), rtol=0.02)
+
+
+def test_grayscale_input_model_ignores_colour_and_saves(tmp_path: Path) -> None:
+    params = Params(
+        image_size=16, conv_filters=(4,), kernel_size=3, dense_units=4, seed=1,
+        input_grayscale=True, augment_scale=0.2, augment_grayscale=0.5, augment_blur=1.0,
+    )
+    model = build_model(params)
+    colour = np.random.default_rng(10).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    luma = colour.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    seen = ops.convert_to_numpy(model.get_layer("grayscale")(colour.astype(np.float32)))
+    np.testing.assert_allclose(seen, np.repeat(luma[..., None], 3, axis=-1), rtol=1e-5)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    layer = loaded.get_layer("augmentation")
+    assert (layer.scale, layer.grayscale, layer.blur) == (0.2, 0.5, 1.0)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(loaded(colour)), ops.convert_to_numpy(model(colour)), rtol=1e-6)

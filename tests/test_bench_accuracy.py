@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
 
 from tests.conftest import FAST_PARAMS, REPO, run
@@ -88,7 +90,25 @@ def test_cpu_and_gpu_runs_are_summarised_apart() -> None:
     assert "Machines: box, 16 CPU threads, H200." in report
     gpu_line = next(line for line in report.splitlines() if line.startswith("| gpu |"))
     assert gpu_line.startswith("| gpu | identity | ours | 100 | 1 (0) | 50.00 ± 0.00 |")
-    assert gpu_line.endswith("| 1 |")
+    assert gpu_line.endswith("| 1 |  |  |")  # one run at chance; no probes recorded
+
+
+def test_probe_columns_average_the_black_and_white_and_the_worst_probe() -> None:
+    bench = load_bench()
+    row = {"recipe": "cutout", "strategy": "image", "epochs": 100, "best_val_accuracy": 0.9,
+           "best_epoch": 50, "seconds_per_epoch": 1.0, "test_accuracy": 0.9}
+    rows = [
+        {**row, "seed": 0, "probes": {"grayscale": 0.60, "blur": 0.85},
+         "worst_probe": "grayscale"},
+        {**row, "seed": 1, "probes": {"grayscale": 0.90, "blur": 0.80}, "worst_probe": "blur"},
+        {**row, "seed": 2},  # made before the probes: left out of their means
+    ]
+    summary = bench.summarise(rows)[0]
+    assert summary["probe_runs"] == 2
+    assert summary["grayscale_mean"] == pytest.approx(0.75)
+    assert summary["worst_probe_mean"] == pytest.approx(0.70)  # 0.60 and 0.80
+    line = bench.markdown([summary], {"cutout": {}}).splitlines()[4]
+    assert line.endswith("| 75.00 | 70.00 (blur, grayscale) |")
 
 
 def test_each_recipe_is_paired_with_the_blog_run_on_the_same_split() -> None:
@@ -113,7 +133,7 @@ def test_each_recipe_is_paired_with_the_blog_run_on_the_same_split() -> None:
     assert summary[("cutout", "gpu")]["paired_gain"] is None  # the blog ran on the CPU only
     report = bench.markdown(bench.summarise(rows), {"blog": {}, "cutout": {}})
     line = next(x for x in report.splitlines() if x.startswith("| cpu | identity | cutout |"))
-    assert "| 73.75 ± 18.08 | +2.50 (2) |" in line
+    assert "| 73.75 ± 18.08 | 9.04 | +2.50 (2) |" in line
 
 
 def test_a_gain_that_rounds_to_nothing_has_no_sign() -> None:
@@ -128,7 +148,7 @@ def test_a_gain_that_rounds_to_nothing_has_no_sign() -> None:
     ]
     report = bench.markdown(bench.summarise(rows), {"blog": {}, "mixup": {}})
     line = next(x for x in report.splitlines() if x.startswith("| cpu | image | mixup |"))
-    assert "| 85.00 ± 6.93 | 0.00 (2) |" in line
+    assert "| 85.00 ± 6.93 | 4.90 | 0.00 (2) |" in line
 
 
 def test_each_row_names_the_code_that_trained_it(tmp_path: Path, monkeypatch) -> None:
@@ -157,3 +177,26 @@ def test_a_row_says_when_the_code_changed_during_its_run() -> None:
     assert bench.code_of_run("0bc44f1c3c35", "0bc44f1c3c35+modified") == (
         "0bc44f1c3c35, then 0bc44f1c3c35+modified (changed during the run)"
     )
+
+
+def test_cross_validation_pools_the_folds_and_pairs_fold_by_fold() -> None:
+    bench = load_bench()
+    row = {"strategy": "identity", "epochs": 100, "best_val_accuracy": 0.9, "best_epoch": 50,
+           "seconds_per_epoch": 1.0, "seed": 0, "folds": 2}
+    rows = [
+        {**row, "recipe": "blog", "fold": 0, "test_accuracy": 0.80, "n_test": 100},
+        {**row, "recipe": "blog", "fold": 1, "test_accuracy": 0.90, "n_test": 300},
+        {**row, "recipe": "cutout", "fold": 0, "test_accuracy": 0.85, "n_test": 100},
+        {**row, "recipe": "cutout", "fold": 1, "test_accuracy": 0.90, "n_test": 300},
+        # the same recipe without folds is another estimate, summarised apart
+        {**row, "recipe": "cutout", "folds": None, "fold": None, "test_accuracy": 0.5,
+         "n_test": 200},
+    ]
+    summary = {(s["recipe"], s["folds"]): s for s in bench.summarise(rows)}
+    blog, cutout = summary[("blog", 2)], summary[("cutout", 2)]
+    assert blog["mean"] == pytest.approx((80 + 270) / 400)  # every image once, pooled
+    assert blog["se"] == pytest.approx(np.std([0.80, 0.90], ddof=1) / np.sqrt(2))
+    assert cutout["paired_gain"] == pytest.approx((0.05 + 0.0) / 2)  # fold by fold
+    assert summary[("cutout", None)]["runs"] == 1
+    report = bench.markdown(bench.summarise(rows), {"blog": {}, "cutout": {}})
+    assert "| 2 (0; 2-fold, all pooled) | 87.50 ± 7.07 | 5.00 |" in report

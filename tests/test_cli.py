@@ -154,12 +154,12 @@ def test_help_explains_every_option() -> None:
         for action in sub._actions:
             assert action.help, f"agegap {name}: {action.option_strings or action.dest} has no help"
         text = sub.format_help()
-        assert "example:" in text
+        assert "example:" in text or "examples:" in text
     predict_help = subparsers["predict"].format_help()
     for option in ("--model", "--format", "--no-detect-faces", "--annotate", "EXIF"):
         assert option in predict_help
     score_help = subparsers["score"].format_help()
-    for option in ("--model", "--json", "--detect-faces", "evaluate"):
+    for option in ("--model", "--json", "--detect-faces", "--probes", "evaluate"):
         assert option in score_help
 
 

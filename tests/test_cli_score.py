@@ -55,3 +55,12 @@ def test_score_on_test_split_equals_evaluate_metrics(
     # run from the project folder with the defaults, as the README shows it
     default = run([str(agegap), "score", "data/split/test"], project)
     assert f"accuracy   {metrics['accuracy']:.4f}" in default.stdout
+
+    # the robustness probes: the same numbers as the evaluate stage's
+    probed = json.loads(run([str(agegap), "score", "data/split/test", "--probes", "--json"],
+                            project).stdout)
+    for key in ("probes", "robustness", "by_colour"):
+        assert probed[key] == metrics[key], key
+    table = run([str(agegap), "score", "data/split/test", "--probes"], project).stdout
+    assert f"worst probe: {metrics['robustness']['worst_probe']}" in table
+    assert "grayscale images:" in table

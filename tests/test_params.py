@@ -95,6 +95,14 @@ def test_bad_values_are_refused_with_one_line_naming_key_and_value(
     assert "\n" not in message
 
 
+def test_cross_validation_folds_are_checked() -> None:
+    with pytest.raises(AgegapError, match=r"cv_folds=1 is invalid: expected 0 .* or at least 2"):
+        params_from_dict({"cv_folds": 1})
+    with pytest.raises(AgegapError, match=r"cv_fold=5 is invalid: expected a fold from 0 to 4"):
+        params_from_dict({"cv_folds": 5, "cv_fold": 5})
+    assert params_from_dict({"cv_folds": 5, "cv_fold": 4}).cv_fold == 4
+
+
 def test_a_network_that_shrinks_to_nothing_is_refused() -> None:
     with pytest.raises(AgegapError, match="too many blocks"):
         params_from_dict({"image_size": 16, "conv_filters": [8, 8, 8, 8, 8]})

@@ -36,8 +36,19 @@ def test_repro_learns_and_a_second_repro_runs_nothing(project: Path) -> None:
     assert set(metrics) >= {"accuracy", "loss", "precision", "recall", "f1", "roc_auc",
                             "n_test", "best_epoch"}
     assert metrics["n_test"] == 20  # what remains after 2 x (20 + 10)
+    probes = metrics["probes"]
+    assert len(probes) == 11 and all(0 <= value <= 1 for value in probes.values())
+    robustness = metrics["robustness"]
+    assert probes[robustness["worst_probe"]] == robustness["worst_probe_accuracy"]
+    assert robustness["worst_probe_accuracy"] == min(probes.values())
+    assert robustness["gap"] == metrics["accuracy"] - robustness["worst_probe_accuracy"]
+    assert sum(group["n"] for film in metrics["by_colour"].values()
+               for group in film.values()) == metrics["n_test"]
+    csv_rows = (project / "plots/evaluate/probes.csv").read_text().splitlines()
+    assert csv_rows[0] == "probe,accuracy" and len(csv_rows) == 1 + 1 + len(probes)
     for path in ("models/model.keras", "plots/average_faces/average_faces.png",
                  "plots/evaluate/misclassified.png", "plots/evaluate/confusion.csv",
+                 "plots/evaluate/probe_examples.png",
                  "dvclive/plots/metrics/train/accuracy.tsv", "train_metrics.json"):
         assert (project / path).exists(), path
     assert any((project / "logs").rglob("*tfevents*"))

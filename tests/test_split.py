@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+from agegap.colourfulness import GRAYSCALE_BELOW, colourfulness
 from agegap.errors import AgegapError
 from agegap.params import Params
 from stages.download import download
@@ -49,6 +52,32 @@ def test_counts_layout_and_no_leaks(raw_root: Path, strategy: str) -> None:
     assert saved == json.loads(json.dumps(report))
 
 
+def test_manifest_records_colourfulness_and_black_and_white(raw_root: Path) -> None:
+    """Each image's colourfulness as measured on its pixels, the black-and-white flag from
+    the documented threshold, and the report's counts of them."""
+    raw = raw_root / "data" / "raw"
+    decoded = pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)
+    gray_face = raw / decoded.loc[decoded["status"] == "ok", "path"].iloc[0]
+    pixels = np.asarray(Image.open(gray_face).convert("L").convert("RGB"))
+    Image.fromarray(pixels).save(gray_face)  # one black-and-white photo among colour noise
+    report = split(Params(**QUOTAS), raw_root)
+    manifest = manifest_of(raw_root)
+    measured = manifest["colourfulness"].astype(float)
+    for row, value in zip(manifest.itertuples(), measured, strict=True):
+        expected = colourfulness(np.asarray(Image.open(raw / row.path).convert("RGB")))[0]
+        assert value == pytest.approx(expected, abs=0.005)
+    assert (manifest["grayscale"] == (measured < GRAYSCALE_BELOW).astype(str)).all()
+    assert manifest["grayscale"].value_counts()["True"] == 1
+    assert manifest.loc[manifest["grayscale"] == "True", "path"].tolist() == [
+        gray_face.relative_to(raw).as_posix()
+    ]
+    gray = manifest[manifest["grayscale"] == "True"]
+    counted = sum(n for split_counts in report["grayscale_images"].values()
+                  for n in split_counts.values())
+    assert counted == int((gray["split"] != "unused").sum())
+    assert report["grayscale_below"] == GRAYSCALE_BELOW
+
+
 def test_test_split_takes_what_remains_and_reports_it(raw_root: Path) -> None:
     report = split(Params(split_strategy="image", **{**QUOTAS, "test_per_class": 100}), raw_root)
     assert report["test_short_of_quota"] is True
@@ -86,3 +115,31 @@ def test_real_archive_identity_split_shares_no_identity(tmp_path: Path, real_arc
     image = split(Params(split_strategy="image"), tmp_path)
     assert image["counts"]["test"] == {"old": 108, "young": 108}
     assert image["duplicate_images_shared_between_splits"] == 0
+
+
+@pytest.mark.parametrize("strategy", ["identity", "image"])
+def test_k_fold_tests_every_image_once_and_never_beside_its_person(
+    raw_root: Path, strategy: str
+) -> None:
+    quotas = {"train_per_class": 12, "validation_per_class": 6}
+    tested: list[str] = []
+    for fold in range(3):
+        report = split(Params(split_strategy=strategy, cv_folds=3, cv_fold=fold, **quotas),
+                       raw_root)
+        assert report["cv"] == {"folds": 3, "fold": fold}
+        assert report["counts"]["train"] == {"old": 12, "young": 12}
+        manifest = manifest_of(raw_root)
+        test = manifest[manifest["split"] == "test"]
+        assert 25 <= len(test) <= 40  # 97 images in three folds of whole units
+        tested += test["sha256"].tolist()
+        used = manifest[manifest["split"] != "unused"]
+        assert (used.groupby("sha256")["split"].nunique() == 1).all()
+        if strategy == "identity":
+            assert (used.groupby("identity")["split"].nunique() == 1).all()
+    decoded = manifest_of(raw_root)
+    assert sorted(tested) == sorted(decoded["sha256"])  # each image in one test fold
+
+
+def test_k_fold_with_too_large_quotas_names_the_folds(raw_root: Path) -> None:
+    with pytest.raises(AgegapError, match="cv_folds=3"):
+        split(Params(cv_folds=3, train_per_class=40, validation_per_class=10), raw_root)
