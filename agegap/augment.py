@@ -5,7 +5,7 @@ a shear angle uniform in ±0.2 **degrees**, a zoom factor drawn **independently 
 axis** in [0.8, 1.2], pixels outside filled with the nearest edge, and a horizontal
 flip half of the time. Keras 3's ``RandomShear(0.2)`` shears by about ±11 degrees
 and ``RandomZoom`` keeps the aspect ratio, so they are another augmentation, and
-they run per image outside XLA (91 images/s on an H100, see issue 6). Here all
+they run per image outside XLA (far too slow on a GPU, docs/performance.md). Here all
 three are folded into one 2x3 matrix per image and applied to the whole batch with
 a single ``keras.ops.image.affine_transform`` call. On JAX it compiles into the
 model's XLA step; on TensorFlow it is one ``ImageProjectiveTransformV3`` op, which has

@@ -30,7 +30,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 @dataclass(frozen=True)
 class Params:
-    """All hyperparameters, flat like ``params.yaml``; defaults are issue 8's recipe.
+    """All hyperparameters, flat like ``params.yaml``; defaults are the `cutout` recipe.
 
     That is the blog's best network and training (5x5, 32-32-64, dropout 0.1, adam,
     batch 16, its shear/zoom/flip) plus cutout: the one lever that gained on every seed
