@@ -14,4 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 CLASS_NAMES: tuple[str, str] = ("old", "young")
 """Label order: index 1 is ``young``, as ``flow_from_directory`` sorted them in the blog."""
 
+DECISION_THRESHOLD = 0.5
+"""P(young) at or above this is called young, everywhere a label is printed or scored."""
+
 __version__ = "0.1.0"

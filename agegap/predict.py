@@ -9,7 +9,6 @@ uses: per-image calls would spend more time in Keras' overhead than in the netwo
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agegap import CLASS_NAMES
+from agegap import CLASS_NAMES, DECISION_THRESHOLD
 from agegap.errors import AgegapError
 from agegap.faces import Box, crop, detect_faces, head_box, whole_image
-from agegap.images import UndecodableImageError, decode_rgb
+from agegap.images import DECODE_THREADS, UndecodableImageError, decode_rgb
 
 # What a folder is searched for; a file named on the command line is tried whatever
 # its name, so a mislabelled file still gets a clear row.
@@ -161,7 +160,7 @@ def prediction_rows(prepared: Prepared, p_young: Sequence[float]) -> list[Predic
         return [Prediction(str(prepared.source.path), error=prepared.error)]
     rows = []
     for box, p in zip(prepared.boxes, p_young, strict=True):
-        young = p >= 0.5  # the threshold of agegap.scoring.score_predictions
+        young = p >= DECISION_THRESHOLD
         rows.append(
             Prediction(
                 str(prepared.source.path),
@@ -191,8 +190,7 @@ def predict(
     from agegap.scoring import predict_probabilities
 
     size = input_size(model)
-    workers = min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         for start in range(0, len(sources), chunk_files):
             chunk = sources[start : start + chunk_files]
             prepared = list(

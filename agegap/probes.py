@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from agegap import CLASS_NAMES, DECISION_THRESHOLD
 from agegap.colourfulness import is_grayscale
-from agegap.scoring import DECISION_THRESHOLD, predict_probabilities
+from agegap.scoring import predict_probabilities
 
 PAD_GREY = (128, 128, 128)
 SEPIA = {"black": (38, 24, 10), "mid": (166, 126, 86), "white": (255, 242, 214)}
@@ -146,7 +147,7 @@ def accuracy_by_colour(
     groups = {}
     for film, members in (("colour", ~gray), ("grayscale", gray)):
         groups[film] = {}
-        for index, label in enumerate(("old", "young")):
+        for index, label in enumerate(CLASS_NAMES):
             chosen = members & (labels == index)
             count = int(chosen.sum())
             groups[film][label] = {

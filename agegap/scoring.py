@@ -11,11 +11,9 @@ import keras
 import numpy as np
 from sklearn import metrics as skm
 
-from agegap import CLASS_NAMES
+from agegap import CLASS_NAMES, DECISION_THRESHOLD
 
 PREDICT_BATCH = 256
-# P(young) at or above this is called young.
-DECISION_THRESHOLD = 0.5
 _EPSILON = 1e-7  # Keras' clip for binary cross-entropy
 
 

@@ -20,18 +20,14 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from agegap import DECISION_THRESHOLD
 from agegap.atomic import atomic_dir, write_json
 from agegap.dataset import ImageSet, load_split
 from agegap.errors import AgegapError, exits_cleanly
 from agegap.model import load_trained_model
 from agegap.params import Params, load_params
-from agegap.probes import PROBES, robustness
-from agegap.scoring import (
-    DECISION_THRESHOLD,
-    label_names,
-    predict_probabilities,
-    score_predictions,
-)
+from agegap.probes import PROBES, apply_probe, robustness
+from agegap.scoring import label_names, predict_probabilities, score_predictions
 from stages.train import MODEL_PATH, TRAIN_METRICS
 
 METRICS_PATH = Path("metrics.json")
@@ -132,8 +128,6 @@ def _probe_examples(
     test: ImageSet, probabilities: dict[str, np.ndarray], target: Path
 ) -> None:
     """A few test faces of each class, clean and under every probe, titled with P(young)."""
-    from agegap.probes import apply_probe
-
     labels = test.labels.astype(int)
     chosen = np.concatenate(
         [np.flatnonzero(labels == label)[:PROBE_EXAMPLES] for label in (0, 1)]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from agegap import CLASS_NAMES
 from agegap.atomic import atomic_dir, write_json
 from agegap.colourfulness import GRAYSCALE_BELOW, colourfulness
 from agegap.errors import AgegapError, exits_cleanly
@@ -55,13 +56,13 @@ def split(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         name: {
             label: int(((assigned["split"] == name) & (assigned["label"] == label)
                         & assigned["grayscale"]).sum())
-            for label in ("old", "young")
+            for label in CLASS_NAMES
         }
         for name in SPLITS
     }
     with atomic_dir(root / SPLIT_DIR) as staging:
         for split_name in SPLITS:
-            for label in ("old", "young"):
+            for label in CLASS_NAMES:
                 (staging / split_name / label).mkdir(parents=True)
         for row in assigned[assigned["split"] != UNUSED].itertuples():
             _link_or_copy(root / RAW_DIR / row.path, staging / row.split_path)
