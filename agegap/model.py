@@ -14,6 +14,7 @@ the blog's order. The input is the raw uint8 image: augmentation and
 
 from __future__ import annotations
 
+import random
 import zipfile
 from pathlib import Path
 
@@ -47,9 +48,25 @@ def _activation(params: Params, name: str) -> keras.layers.Layer:
     return layers.ReLU(name=name)
 
 
+def _weight_seeds(params: Params) -> random.Random:
+    """A private generator for the layers' initial weights, seeded from ``params.seed``.
+
+    Keras draws an unseeded initializer's seed from Python's global ``random`` when the
+    layer is built, so any other code that touches ``random`` in between (a library's
+    background thread, say) would change the starting weights. This generator gives the
+    same draws ``keras.utils.set_random_seed(params.seed)`` gave, without sharing them.
+    """
+    return random.Random(params.seed)
+
+
+def _glorot(seeds: random.Random) -> keras.initializers.Initializer:
+    return keras.initializers.GlorotUniform(seed=seeds.randint(1, int(1e9)))
+
+
 def build_model(params: Params) -> keras.Model:
     """The network for ``params``, uncompiled; its input is ``(size, size, 3)`` uint8."""
     size = params.image_size
+    seeds = _weight_seeds(params)
     inputs = keras.Input(shape=(size, size, 3), dtype="uint8", name="image")
     x = BlogAugmentation(
         shear_degrees=params.augment_shear_degrees,
@@ -76,6 +93,7 @@ def build_model(params: Params) -> keras.Model:
             params.kernel_size,
             padding=params.padding,
             use_bias=not params.batch_norm,  # the normalisation's offset replaces the bias
+            kernel_initializer=_glorot(seeds),
             name=f"conv{block}",
         )(x)
         if params.batch_norm:
@@ -84,11 +102,14 @@ def build_model(params: Params) -> keras.Model:
         pool = layers.MaxPooling2D(2, name=f"pool{block}")
         x = pool(activation(x)) if params.activation == "prelu" else activation(pool(x))
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(params.dense_units, name="dense")(x)
+    x = layers.Dense(params.dense_units, kernel_initializer=_glorot(seeds), name="dense")(x)
     x = layers.ReLU(name="dense_relu")(x)
     x = layers.Dropout(params.dropout, seed=params.seed, name="dropout")(x)
     # float32 output: a sigmoid and a log-loss in bfloat16 lose too many digits.
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_young")(x)
+    outputs = layers.Dense(
+        1, activation="sigmoid", kernel_initializer=_glorot(seeds), dtype="float32",
+        name="p_young",
+    )(x)
     return keras.Model(inputs, outputs, name="agegap_cnn")
 
 

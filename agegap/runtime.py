@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from pathlib import Path
 
 import keras
 
+from agegap.machine import cpu_has_amx
 from agegap.params import Params
-
-
-@functools.cache
-def cpu_has_amx() -> bool:
-    """True where the CPU multiplies bfloat16 in hardware (Intel AMX, Sapphire Rapids on)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return "amx_bf16" in flags
 
 
 def has_gpu() -> bool:

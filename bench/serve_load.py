@@ -17,7 +17,6 @@ import argparse
 import http.client
 import json
 import multiprocessing
-import os
 import shutil
 import socket
 import subprocess
@@ -33,24 +32,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from agegap.machine import cpu_name  # noqa: E402
 from bench.predict_speed import load_or_build, time_predict, write_images  # noqa: E402
 
 BOUNDARY = "agegap-bench-boundary"
 GOAL_SHARE = 0.40  # of offline images/s, single crops, 8 clients
 GOAL_P99_MS = 250.0
-
-
-def cpu_name() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it, and the core count."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    import platform
-
-    return f"{platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
 
 
 def multipart(name: str, data: bytes) -> bytes:

@@ -60,6 +60,10 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from agegap.machine import cpu_has_amx, cpu_name  # noqa: E402
+
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "LAGdataset_100.zip"
 IMAGE_SIZE = 100
 TRAIN_PER_CLASS = 1200
@@ -153,7 +157,6 @@ def child_project(
     data: Path, batch_size: int, epochs: int, augment: bool, images: int
 ) -> dict[str, Any]:
     """The project's path: ``configure`` + ``train_model`` on the blog's recipe."""
-    sys.path.insert(0, str(REPO))
     import keras
 
     from agegap.dataset import ImageSet
@@ -318,16 +321,6 @@ def _CpuTimer(base: type) -> Any:
 
 def machine() -> dict[str, str]:
     """CPU model, cores, AMX, Keras backend and GPU name (if ``nvidia-smi`` sees one)."""
-    model, flags = platform.processor() or "unknown", ""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        for line in cpuinfo.splitlines():
-            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line
-    except OSError:
-        pass
     gpu = "none"
     if shutil.which("nvidia-smi"):
         query = subprocess.run(
@@ -336,9 +329,8 @@ def machine() -> dict[str, str]:
         )
         gpu = ", ".join(query.stdout.split("\n")[:-1]) or "none"
     return {
-        "cpu": model,
-        "cores": str(os.cpu_count()),
-        "amx_bf16": "yes" if "amx_bf16" in flags else "no",
+        "cpu": cpu_name(),
+        "amx_bf16": "yes" if cpu_has_amx() else "no",
         "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "gpu": gpu,
         "python": platform.python_version(),

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agegap.machine import cpu_flags, cpu_name
 from tests.synthetic import SyntheticArchive, make_archive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +39,12 @@ FAST_PARAMS: dict[str, Any] = {
     # covers batch norm.
     "batch_norm": False,
 }
+
+
+def pytest_report_header() -> str:
+    """Numerics differ between CPUs: a failing run says which one it ran on."""
+    native = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    return f"cpu: {cpu_name()}; {' '.join(native) or 'none of avx2/avx512/amx'}"
 
 
 def venv_bin() -> Path:
