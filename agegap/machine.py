@@ -34,6 +34,16 @@ def cpu_name() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+# The instruction sets that decide which kernels oneDNN runs, and so the last digits.
+NUMERIC_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def native_features() -> tuple[str, ...]:
+    """Which of :data:`NUMERIC_FEATURES` this CPU has."""
+    flags = cpu_flags()
+    return tuple(feature for feature in NUMERIC_FEATURES if feature in flags)
+
+
 def cpu_has_amx() -> bool:
     """True where the CPU multiplies bfloat16 in hardware (Intel AMX, Sapphire Rapids on)."""
     return "amx_bf16" in cpu_flags()

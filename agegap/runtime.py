@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import keras
 
-from agegap.machine import cpu_has_amx
+from agegap.machine import cpu_has_amx, cpu_name, native_features
 from agegap.params import Params
 
 
@@ -54,26 +52,34 @@ def accelerator_name() -> str:
     return "cpu"
 
 
-def resolve_precision(requested: str) -> str:
-    """``auto`` means bfloat16 where the hardware and the backend make it fast.
+def choose_precision(requested: str) -> tuple[str, str]:
+    """The precision policy for ``requested``, and why, in words recorded with the run.
 
-    That is any GPU, or a CPU with AMX under TensorFlow, whose oneDNN kernels run bf16
-    convolutions on the AMX tiles (about 1.9x float32 for this network). XLA's CPU
-    backend (JAX, or TensorFlow with ``jit_compile=True``) has no such kernels: there
-    bf16 was slower than float32 (20 vs 27 images/s under JAX on the same AMX CPU, see
-    docs/performance.md), so ``auto`` stays float32 on a CPU under other backends.
+    ``auto`` means bfloat16 where the hardware and the backend make it fast: any GPU,
+    or a CPU with AMX under TensorFlow, whose oneDNN kernels run bf16 convolutions on the
+    AMX tiles (about 1.9x float32 for this network). XLA's CPU backend (JAX, or
+    TensorFlow with ``jit_compile=True``) has no such kernels, so ``auto`` stays float32
+    on a CPU under other backends (docs/performance.md has the measurements).
     """
     if requested != "auto":
-        return requested
+        return requested, "set in params.yaml"
     if has_gpu():
-        return "mixed_bfloat16"
-    if cpu_has_amx() and keras.backend.backend() == "tensorflow":
-        return "mixed_bfloat16"
-    return "float32"
+        return "mixed_bfloat16", "auto: a GPU"
+    backend = keras.backend.backend()
+    if cpu_has_amx() and backend == "tensorflow":
+        return "mixed_bfloat16", "auto: the CPU has AMX (amx_bf16) and the backend is tensorflow"
+    if cpu_has_amx():
+        return "float32", f"auto: the CPU has AMX but the {backend} backend does not use it"
+    return "float32", "auto: the CPU has no AMX (amx_bf16) and there is no GPU"
+
+
+def resolve_precision(requested: str) -> str:
+    return choose_precision(requested)[0]
 
 
 def configure(params: Params) -> dict[str, str | bool]:
-    """Seed every generator, set determinism and the precision policy; say what was set."""
+    """Seed every generator, set determinism and the precision policy; say what was set
+    and on what: the numbers reproduce to the last digit only on the same kind of CPU."""
     keras.utils.set_random_seed(params.seed)
     deterministic = False
     if params.deterministic and keras.backend.backend() == "tensorflow":
@@ -81,13 +87,16 @@ def configure(params: Params) -> dict[str, str | bool]:
 
         tf.config.experimental.enable_op_determinism()
         deterministic = True
-    precision = resolve_precision(params.precision)
+    precision, reason = choose_precision(params.precision)
     keras.mixed_precision.set_global_policy(precision)
     return {
         "backend": keras.backend.backend(),
+        "keras": keras.__version__,
         "precision": precision,
+        "precision_reason": reason,
         "deterministic": deterministic,
         "device": "gpu" if has_gpu() else "cpu",
         "accelerator": accelerator_name(),
-        "cpu_threads": str(os.cpu_count()),
+        "cpu": cpu_name(),
+        "cpu_features": " ".join(native_features()),
     }

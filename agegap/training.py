@@ -49,8 +49,15 @@ class TrainingResult:
     history: dict[str, list[float]] = field(repr=False)
 
     def metrics(self) -> dict[str, Any]:
-        """The scalar part, for ``train_metrics.json``."""
-        return {k: v for k, v in asdict(self).items() if k != "history"}
+        """What the model learnt, for ``train_metrics.json``: the same on every rerun."""
+        return {k: v for k, v in asdict(self).items() if k not in _RUN_FIELDS}
+
+    def timings(self) -> dict[str, Any]:
+        """How fast it went: differs from run to run, so never a DVC metric."""
+        return {k: getattr(self, k) for k in _RUN_FIELDS if k != "history"}
+
+
+_RUN_FIELDS = ("steps_per_epoch", "seconds_per_epoch", "train_images_per_second", "history")
 
 
 class _EpochTimer(keras.callbacks.Callback):

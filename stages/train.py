@@ -1,8 +1,9 @@
 """``train`` stage: the blog's CNN on ``data/split/train``, best epoch kept.
 
 Outputs: ``models/model.keras`` (the epoch with the best validation accuracy),
-``train_metrics.json`` (best epoch, its scores, seconds per epoch), DVCLive curves in
-``dvclive/`` and TensorBoard logs in ``logs/``.
+``train_metrics.json`` (the best epoch and its scores), ``train_run.json`` (how the run
+went: speed, precision and why, the machine; not a metric, as it differs between
+reruns), DVCLive curves in ``dvclive/`` and TensorBoard logs in ``logs/``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agegap.training import DVCLiveMetrics, train_model
 
 MODEL_PATH = Path("models/model.keras")
 TRAIN_METRICS = Path("train_metrics.json")
+TRAIN_RUN = Path("train_run.json")
 DVCLIVE_DIR = Path("dvclive")
 TENSORBOARD_DIR = Path("logs")
 
@@ -69,9 +71,11 @@ def train(
             callbacks,
             verbose=verbose,
         )
-    metrics = {**result.metrics(), **settings}
+    metrics = result.metrics()
+    run = {**result.timings(), **settings}
+    write_json(root / TRAIN_RUN, run)
     write_json(root / TRAIN_METRICS, metrics)
-    return metrics
+    return {**metrics, **run}
 
 
 @exits_cleanly

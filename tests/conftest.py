@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agegap.machine import cpu_flags, cpu_name
+from agegap.machine import cpu_name, native_features
 from tests.synthetic import SyntheticArchive, make_archive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +43,7 @@ FAST_PARAMS: dict[str, Any] = {
 
 def pytest_report_header() -> str:
     """Numerics differ between CPUs: a failing run says which one it ran on."""
-    native = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    return f"cpu: {cpu_name()}; {' '.join(native) or 'none of avx2/avx512/amx'}"
+    return f"cpu: {cpu_name()}; {' '.join(native_features()) or 'no AVX2'}"
 
 
 def venv_bin() -> Path:

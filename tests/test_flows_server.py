@@ -118,7 +118,7 @@ def test_served_schedule_runs_to_completion_on_a_real_server(
         )
         if not healthy:
             log = (tmp_path / "server.log").read_text(errors="replace")[-2000:]
-            pytest.skip(f"prefect server did not start within {SERVER_START_S:.0f} s:\n{log}")
+            pytest.fail(f"prefect server did not start within {SERVER_START_S:.0f} s:\n{log}")
 
         serve_args = [sys.executable, "-m", "flows.pipeline", "serve", "--interval", "5"]
         serve_log = tmp_path / "serve.log"

@@ -1,4 +1,4 @@
-"""The accuracy levers of issue 8, each doing what it says (cutout is on by default)."""
+"""The accuracy levers, each doing what it says (cutout is on by default)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from agegap.scoring import predict_probabilities
 from agegap.training import train_model
 from tests.synthetic import tiny_image_set
 
-tf_keras_image = pytest.importorskip("tf_keras.preprocessing.image")
-
 
 def test_rotation_matches_keras2_apply_affine_transform() -> None:
+    tf_keras_image = pytest.importorskip("tf_keras.preprocessing.image")
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (40, 40, 3)).astype(np.float32)
     from agegap.augment import affine_rows
@@ -72,6 +71,7 @@ def test_cosine_schedule_and_weight_decay_reach_the_optimizer() -> None:
     assert optimizer.weight_decay == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(tmp_path: Path) -> None:
     train = validation = tiny_image_set(32, 16)
     params = Params(image_size=16, conv_filters=(4,), kernel_size=3, dense_units=4,

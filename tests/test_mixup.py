@@ -72,6 +72,7 @@ def test_accuracy_counts_a_mixed_label_by_its_larger_side() -> None:
     np.testing.assert_array_equal(hits, [1, 1, 0, 1, 0])
 
 
+@pytest.mark.slow
 def test_a_mixup_run_trains_and_reports_a_real_training_accuracy(
     tmp_path: Path, restore_globals: None
 ) -> None:

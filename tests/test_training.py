@@ -61,6 +61,7 @@ def history(
     return result.history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "auto"])
 def test_two_runs_give_identical_histories(
     tmp_path: Path, restore_globals: None, precision: str
@@ -72,6 +73,7 @@ def test_two_runs_give_identical_histories(
     assert len(first["loss"]) == TINY["epochs"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "auto"])
 def test_steps_per_execution_changes_nothing(
     tmp_path: Path, restore_globals: None, precision: str
@@ -83,6 +85,7 @@ def test_steps_per_execution_changes_nothing(
     assert one == many
 
 
+@pytest.mark.slow
 def test_other_code_drawing_random_numbers_changes_nothing(
     tmp_path: Path, restore_globals: None
 ) -> None:
