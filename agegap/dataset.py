@@ -17,8 +17,7 @@ import numpy as np
 from agegap import CLASS_NAMES
 from agegap.errors import AgegapError
 from agegap.images import DECODE_THREADS, load_many
-
-SPLIT_DIR = Path("data/split")
+from agegap.split_manifest import SPLIT_DIR, read_split
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,6 @@ class ImageSet:
 
 def load_split(split: str, image_size: int, root: Path = Path(".")) -> ImageSet:
     """Decode every image of one split (``train``, ``validation`` or ``test``)."""
-    from stages.split import read_split  # the split stage owns its manifest's format
-
     manifest = read_split(root)
     rows = manifest[manifest["split"] == split]
     if rows.empty:

@@ -23,10 +23,11 @@ from agegap.errors import AgegapError, exits_cleanly
 from agegap.images import DECODE_THREADS, load_rgb
 from agegap.lag import read_manifest
 from agegap.params import Params, load_params
+from agegap.split_manifest import SPLIT_DIR
+from agegap.split_manifest import read_split as read_split  # for average_faces
 from agegap.splitting import SPLITS, UNUSED, Quotas, assign_splits, split_report
 
 RAW_DIR = Path("data/raw")
-SPLIT_DIR = Path("data/split")
 SPLIT_MANIFEST_COLUMNS = [
     "split", "label", "identity", "split_path", "path", "sha256", "colourfulness", "grayscale",
 ]
@@ -94,14 +95,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
-
-
-def read_split(root: Path = Path(".")) -> pd.DataFrame:
-    """The split manifest, with the images' paths relative to ``root``."""
-    path = root / SPLIT_DIR / "manifest.csv"
-    if not path.is_file():
-        raise AgegapError(f"{path}: missing; run the split stage first")
-    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
 
 
 @exits_cleanly
