@@ -7,7 +7,6 @@ and pictures of test faces (DVC-cached only: the LAG licence forbids redistribut
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from agegap import DECISION_THRESHOLD
-from agegap.atomic import atomic_dir, write_json
+from agegap.atomic import atomic_dir, atomic_path, finite, json_text, naming
 from agegap.dataset import ImageSet, load_split
 from agegap.errors import AgegapError, exits_cleanly
 from agegap.model import load_trained_model
@@ -48,7 +47,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         "precision": scores.precision,
         "recall": scores.recall,
         "f1": scores.f1,
-        "roc_auc": None if math.isnan(scores.roc_auc) else scores.roc_auc,
+        "roc_auc": scores.roc_auc,
         "n_test": scores.n_images,
         "best_epoch": _best_epoch(root),
     }
@@ -57,12 +56,21 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         clean_probabilities=probabilities,
     )
     metrics.update(probed.metrics())
-    with atomic_dir(root / PLOTS_DIR) as staging:
-        _write_curves(test, probabilities, staging)
-        _write_probes(metrics, staging / "probes.csv")
-        _gallery(test, probabilities, staging / "misclassified.png")
-        _probe_examples(test, probe_probabilities, staging / "probe_examples.png")
-    write_json(root / METRICS_PATH, metrics)
+    metrics = finite(metrics)  # an undefined score is null in JSON, never NaN
+    # metrics.json is staged before the plots and renamed into place after them, so a full
+    # disk or an error in either leaves both as they were: never new plots beside old
+    # metrics.
+    with atomic_path(root / METRICS_PATH) as staged_metrics:
+        staged_metrics.write_text(json_text(metrics, allow_nan=False), encoding="utf-8")
+        with atomic_dir(root / PLOTS_DIR) as staging:
+            tables = {**_curves(test, probabilities), "probes.csv": _probes(metrics)}
+            for name, table in tables.items():
+                with naming(staging / name):
+                    table.to_csv(staging / name, index=False)
+            with naming(staging / "misclassified.png"):
+                _gallery(test, probabilities, staging / "misclassified.png")
+            with naming(staging / "probe_examples.png"):
+                _probe_examples(test, probe_probabilities, staging / "probe_examples.png")
     return metrics
 
 
@@ -76,21 +84,22 @@ def _best_epoch(root: Path) -> int | None:
         raise AgegapError(f"{path}: no best_epoch in it; re-run the train stage") from None
 
 
-def _write_curves(test: ImageSet, probabilities: np.ndarray, folder: Path) -> None:
+def _curves(test: ImageSet, probabilities: np.ndarray) -> dict[str, pd.DataFrame]:
+    """The confusion, ROC and precision-recall plots' data, by file name."""
     labels = test.labels.astype(int)
     predicted = (probabilities >= DECISION_THRESHOLD).astype(int)
-    pd.DataFrame(
-        {"actual": label_names(labels), "predicted": label_names(predicted)}
-    ).to_csv(folder / "confusion.csv", index=False)
     if len(np.unique(labels)) == 2:
         fpr, tpr, _ = skm.roc_curve(labels, probabilities)
         precision, recall, _ = skm.precision_recall_curve(labels, probabilities)
     else:  # a one-class test set has no curve; keep the files so DVC's outputs exist
         fpr, tpr, precision, recall = [np.array([])] * 4
-    pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(folder / "roc.csv", index=False)
-    pd.DataFrame({"recall": recall, "precision": precision}).to_csv(
-        folder / "precision_recall.csv", index=False
-    )
+    return {
+        "confusion.csv": pd.DataFrame(
+            {"actual": label_names(labels), "predicted": label_names(predicted)}
+        ),
+        "roc.csv": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
+        "precision_recall.csv": pd.DataFrame({"recall": recall, "precision": precision}),
+    }
 
 
 def _gallery(test: ImageSet, probabilities: np.ndarray, target: Path) -> None:
@@ -118,10 +127,10 @@ def _gallery(test: ImageSet, probabilities: np.ndarray, target: Path) -> None:
     plt.close(figure)
 
 
-def _write_probes(metrics: dict[str, Any], target: Path) -> None:
+def _probes(metrics: dict[str, Any]) -> pd.DataFrame:
     """Accuracy per probe, clean first: the data of the bar plot in dvc.yaml."""
     rows = [("clean", metrics["accuracy"]), *metrics["probes"].items()]
-    pd.DataFrame(rows, columns=["probe", "accuracy"]).to_csv(target, index=False)
+    return pd.DataFrame(rows, columns=["probe", "accuracy"])
 
 
 def _probe_examples(

@@ -7,9 +7,11 @@ split and colourfulness, and ``report.json`` the counts and any leak between spl
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from agegap import CLASS_NAMES
-from agegap.atomic import atomic_dir, write_json
+from agegap.atomic import atomic_dir, json_text, naming
 from agegap.colourfulness import GRAYSCALE_BELOW, colourfulness
 from agegap.errors import AgegapError, exits_cleanly
 from agegap.images import DECODE_THREADS, load_rgb
@@ -28,6 +30,7 @@ from agegap.split_manifest import read_split as read_split  # for average_faces
 from agegap.splitting import SPLITS, UNUSED, Quotas, assign_splits, split_report
 
 RAW_DIR = Path("data/raw")
+NAME_MAX = 255  # bytes in one file name on Linux file systems
 SPLIT_MANIFEST_COLUMNS = [
     "split", "label", "identity", "split_path", "path", "sha256", "colourfulness", "grayscale",
 ]
@@ -44,10 +47,7 @@ def split(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         manifest, params.split_strategy, quotas, params.split_seed,
         folds=params.cv_folds, fold=params.cv_fold,
     )
-    assigned["split_path"] = [
-        _split_path(row.split, row.label, row.identity, row.path) if row.split != UNUSED else ""
-        for row in assigned.itertuples()
-    ]
+    assigned["split_path"] = _split_paths(assigned)
     assigned["colourfulness"] = _colourfulness(root / RAW_DIR, assigned["path"])
     assigned["grayscale"] = assigned["colourfulness"] < GRAYSCALE_BELOW
     report = split_report(assigned, quotas, params.split_strategy, params.split_seed)
@@ -68,16 +68,64 @@ def split(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         for row in assigned[assigned["split"] != UNUSED].itertuples():
             _link_or_copy(root / RAW_DIR / row.path, staging / row.split_path)
         ordered = assigned.sort_values(["split", "label", "split_path", "path"], kind="stable")
-        ordered[SPLIT_MANIFEST_COLUMNS].to_csv(
-            staging / "manifest.csv", index=False, encoding="utf-8", lineterminator="\n"
-        )
-        write_json(staging / "report.json", report)
+        with naming(staging / "manifest.csv"):
+            ordered[SPLIT_MANIFEST_COLUMNS].to_csv(
+                staging / "manifest.csv", index=False, encoding="utf-8", lineterminator="\n"
+            )
+        with naming(staging / "report.json"):
+            (staging / "report.json").write_text(json_text(report), encoding="utf-8")
     return report
 
 
 def _split_path(split_name: str, label: str, identity: str, raw_path: str) -> str:
-    """``<split>/<label>/<identity>__<file>``: unique, and tells whose photo it is."""
+    """``<split>/<label>/<identity>__<file>``: tells whose photo it is."""
     return f"{split_name}/{label}/{identity}__{PurePosixPath(raw_path).name}"
+
+
+def _split_paths(assigned: pd.DataFrame) -> list[str]:
+    """Each used image's :func:`_split_path`, made distinct where two would be one file.
+
+    ``a__b/c.jpg`` and ``a/b__c.jpg`` both become ``a__b__c.jpg`` (or differ only in
+    case, one file on macOS), and an identity and a file name may fit the file system
+    apart but not joined: only those names get :func:`_distinct`, so every other name,
+    and the real archive's split, stays as it was.
+    """
+    paths = [
+        _split_path(row.split, row.label, row.identity, row.path) if row.split != UNUSED else ""
+        for row in assigned.itertuples()
+    ]
+    taken = Counter(path.casefold() for path in paths if path)
+    paths = [
+        _distinct(path, raw)
+        if path and (taken[path.casefold()] > 1 or _too_long(PurePosixPath(path).name))
+        else path
+        for path, raw in zip(paths, assigned["path"], strict=True)
+    ]
+    used = [path.casefold() for path in paths if path]
+    if len(set(used)) != len(used):  # only a file named like a distinct name can cause it
+        clash = next(path for path, n in Counter(used).items() if n > 1)
+        raise AgegapError(f"data/raw/manifest.csv: two images would both be {clash} in {SPLIT_DIR}")
+    return paths
+
+
+def _too_long(name: str) -> bool:
+    return len(os.fsencode(name)) > NAME_MAX
+
+
+def _distinct(split_path: str, raw_path: str) -> str:
+    """``<stem>~<8 hex digits of the raw path's hash><suffix>``, cut to fit the file system.
+
+    The tag depends on the image's own raw path only, so it does not change when
+    other images come or go.
+    """
+    folder, name = split_path.rsplit("/", 1)
+    stem, suffix = os.path.splitext(name)
+    if len(os.fsencode(suffix)) > 16:  # not a real extension: keep it in the stem
+        stem, suffix = name, ""
+    tag = f"~{hashlib.sha256(raw_path.encode('utf-8')).hexdigest()[:8]}{suffix}"
+    room = NAME_MAX - len(os.fsencode(tag))
+    stem = os.fsencode(stem)[:room].decode("utf-8", errors="ignore")
+    return f"{folder}/{stem}{tag}"
 
 
 def _colourfulness(raw: Path, paths: pd.Series) -> list[float]:
@@ -94,7 +142,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
-        shutil.copy2(source, target)
+        with naming(target):
+            shutil.copy2(source, target)
 
 
 @exits_cleanly
