@@ -3,20 +3,95 @@
 An archive is untrusted input: a member named ``../../.bashrc`` or ``/etc/passwd``, or
 a link pointing outside, would write anywhere on disk (zip-slip). Every member is
 checked before a single byte is written.
+
+A member whose name cannot be a file here (over 255 bytes in one name) is not a reason
+to lose the other thousands: it is left out and returned, with its digest and why, for
+the manifest to record as excluded, like a file that does not decode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import os
 import shutil
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from agegap.errors import AgegapError
 
 IGNORED_TOP_LEVEL = {"__MACOSX"}
+NAME_MAX = 255  # bytes in one file or folder name on Linux file systems
+
+
+@dataclass(frozen=True)
+class Unwritten:
+    """A member left out of the extraction because its name cannot be a file here."""
+
+    path: PurePosixPath  # relative to the extraction folder
+    sha256: str
+    reason: str
+
+
+def _too_long(relative: PurePosixPath) -> str:
+    """Why ``relative`` cannot be created on a Linux file system, or ``""`` if it can.
+
+    Decided by the name alone, not by trying, so the manifest is the same on every
+    machine.
+    """
+    longest = max(relative.parts, key=lambda part: len(os.fsencode(part)))
+    size = len(os.fsencode(longest))
+    if size <= NAME_MAX:
+        return ""
+    return f"name too long to extract ({size} bytes in one name; at most {NAME_MAX})"
+
+
+def _digest(open_member: Callable[[], IO[bytes]]) -> str:
+    digest = hashlib.sha256()
+    with open_member() as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _make_folder(relative: PurePosixPath, destination: Path) -> None:
+    """Create a folder member; one whose name is too long is skipped (its files say why)."""
+    if _too_long(relative):
+        return
+    try:
+        destination.joinpath(*relative.parts).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+
+
+def _write_member(
+    open_member: Callable[[], IO[bytes]], relative: PurePosixPath, destination: Path
+) -> Unwritten | None:
+    """Copy one member to its place under ``destination``, or say why its name can't be.
+
+    A file system with a shorter limit than :data:`NAME_MAX` (eCryptfs: 143) is caught
+    when the file is created.
+    """
+    reason = _too_long(relative)
+    if not reason:
+        target = destination.joinpath(*relative.parts)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open_member() as source, target.open("wb") as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
+            return None
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            reason = "name too long for this file system"
+    return Unwritten(relative, _digest(open_member), reason)
 
 
 def _zip_member_name(info: zipfile.ZipInfo) -> str:
@@ -40,19 +115,21 @@ def _safe_relative(name: str, archive: Path) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else None
 
 
-def extract_archive(archive: Path, destination: Path) -> None:
+def extract_archive(archive: Path, destination: Path) -> list[Unwritten]:
     """Extract a zip, tar, tar.gz/tgz (or tar.bz2/xz) into ``destination``, refusing any
-    absolute path, ``..`` component, link or device member."""
+    absolute path, ``..`` component, link or device member.
+
+    Returns the files left out because their names are too long (see the module's doc).
+    """
     destination.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
-        _extract_zip(archive, destination)
-    elif tarfile.is_tarfile(archive):
-        _extract_tar(archive, destination)
-    else:
-        raise AgegapError(f"{archive}: not a zip or tar archive")
+        return _extract_zip(archive, destination)
+    if tarfile.is_tarfile(archive):
+        return _extract_tar(archive, destination)
+    raise AgegapError(f"{archive}: not a zip or tar archive")
 
 
-def _extract_zip(archive: Path, destination: Path) -> None:
+def _extract_zip(archive: Path, destination: Path) -> list[Unwritten]:
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = []
@@ -63,19 +140,20 @@ def _extract_zip(archive: Path, destination: Path) -> None:
                     raise AgegapError(f"{archive}: refusing symbolic link member {info.filename!r}")
                 if relative is not None:
                     members.append((info, relative))
+            unwritten = []
             for info, relative in members:
-                target = destination.joinpath(*relative.parts)
                 if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
+                    _make_folder(relative, destination)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with bundle.open(info) as source, target.open("wb") as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
+                left_out = _write_member(lambda info=info: bundle.open(info), relative, destination)
+                if left_out:
+                    unwritten.append(left_out)
+            return unwritten
     except zipfile.BadZipFile as error:
         raise AgegapError(f"{archive}: corrupt zip archive ({error})") from None
 
 
-def _extract_tar(archive: Path, destination: Path) -> None:
+def _extract_tar(archive: Path, destination: Path) -> list[Unwritten]:
     try:
         with tarfile.open(archive) as bundle:
             members = bundle.getmembers()
@@ -85,20 +163,20 @@ def _extract_tar(archive: Path, destination: Path) -> None:
                     raise AgegapError(f"{archive}: refusing link member {member.name!r}")
                 if not (member.isfile() or member.isdir()):
                     raise AgegapError(f"{archive}: refusing special file member {member.name!r}")
+            unwritten = []
             for member in members:
                 relative = _safe_relative(member.name, archive)
                 if relative is None:
                     continue
-                target = destination.joinpath(*relative.parts)
                 if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
+                    _make_folder(relative, destination)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source = bundle.extractfile(member)
-                if source is None:
-                    continue
-                with source, target.open("wb") as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
+                left_out = _write_member(
+                    lambda member=member: bundle.extractfile(member), relative, destination
+                )
+                if left_out:
+                    unwritten.append(left_out)
+            return unwritten
     except tarfile.TarError as error:
         raise AgegapError(f"{archive}: corrupt tar archive ({error})") from None
 

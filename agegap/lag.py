@@ -8,12 +8,14 @@ that does not decode stays in the manifest with ``status=excluded`` and the reas
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from agegap.archive import Unwritten
 from agegap.images import UndecodableImageError, inspect_image
 
 MANIFEST_COLUMNS = [
@@ -44,16 +46,20 @@ class _Row:
     sha256: str
 
 
+def _label(parts: tuple[str, ...]) -> tuple[str, str]:
+    """The label a file's place gives it, or ``""`` and why its place is wrong."""
+    if len(parts) == 2:
+        return "old", ""
+    if len(parts) == 3 and parts[1] == YOUNG_FOLDER:
+        return "young", ""
+    return "", f"unexpected location (not <identity>/ or <identity>/{YOUNG_FOLDER}/)"
+
+
 def _describe(file: Path, root: Path, prefix: str) -> _Row:
     relative = file.relative_to(root)
     parts = relative.parts
     identity = parts[0]
-    if len(parts) == 2:
-        label, reason = "old", ""
-    elif len(parts) == 3 and parts[1] == YOUNG_FOLDER:
-        label, reason = "young", ""
-    else:
-        label, reason = "", f"unexpected location (not <identity>/ or <identity>/{YOUNG_FOLDER}/)"
+    label, reason = _label(parts)
     data = file.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     path = f"{prefix}{relative.as_posix()}"
@@ -66,17 +72,29 @@ def _describe(file: Path, root: Path, prefix: str) -> _Row:
     return _Row(path, identity, label, "ok", "", width, height, mode, digest)
 
 
-def scan_lag(root: Path, *, path_prefix: str = "") -> tuple[pd.DataFrame, list[str]]:
+def scan_lag(
+    root: Path, *, path_prefix: str = "", unwritten: Iterable[Unwritten] = ()
+) -> tuple[pd.DataFrame, list[str]]:
     """Manifest of every file under the identity folders of ``root``, sorted by path.
 
     Returns the manifest and the files outside any identity folder (such as the
     archive's README.txt), which are not part of the dataset but are reported.
+    ``unwritten`` are the archive's files that extraction left out (paths relative to
+    ``root``): each is a row, excluded with its reason, as if it were on disk.
     """
     files = sorted(p for p in root.rglob("*") if p.is_file())
     outside = [p.relative_to(root).as_posix() for p in files if len(p.relative_to(root).parts) < 2]
     inside = [p for p in files if len(p.relative_to(root).parts) >= 2]
     with ThreadPoolExecutor(max_workers=8) as pool:
         rows = list(pool.map(lambda f: _describe(f, root, path_prefix), inside))
+    for member in unwritten:
+        if len(member.path.parts) < 2:
+            outside.append(member.path.as_posix())
+            continue
+        label, _ = _label(member.path.parts)
+        rows.append(_Row(f"{path_prefix}{member.path.as_posix()}", member.path.parts[0], label,
+                         "excluded", member.reason, None, None, "", member.sha256))
+    outside.sort()
     manifest = pd.DataFrame([row.__dict__ for row in rows], columns=MANIFEST_COLUMNS[:-1])
     manifest = manifest.sort_values("path", kind="stable").reset_index(drop=True)
     manifest["width"] = manifest["width"].astype("Int64")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from agegap.archive import extract_archive, find_lag_root
-from agegap.atomic import atomic_dir, write_json
+from agegap.archive import Unwritten, extract_archive, find_lag_root
+from agegap.atomic import atomic_dir, json_text, naming
 from agegap.errors import AgegapError, exits_cleanly
 from agegap.fetch import obtain_archive
 from agegap.lag import scan_lag
@@ -30,16 +30,31 @@ def download(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     archive = obtain_archive(params.data_url, params.data_sha256, root, root / DOWNLOAD_CACHE)
     with atomic_dir(root / RAW_DIR) as staging:
         with tempfile.TemporaryDirectory(dir=staging, prefix=".extract-") as scratch:
-            extract_archive(archive, Path(scratch))
+            unwritten = extract_archive(archive, Path(scratch))
             lag_root = find_lag_root(Path(scratch), archive.name)
             shutil.move(str(lag_root), staging / IMAGES_SUBDIR)
-        manifest, outside = scan_lag(staging / IMAGES_SUBDIR, path_prefix=f"{IMAGES_SUBDIR}/")
+        manifest, outside = scan_lag(
+            staging / IMAGES_SUBDIR, path_prefix=f"{IMAGES_SUBDIR}/",
+            unwritten=_under(unwritten, lag_root.relative_to(scratch)),
+        )
         if not (manifest["status"] == "ok").any():
             raise AgegapError(f"{archive.name}: no image in the archive could be decoded")
-        manifest.to_csv(staging / "manifest.csv", index=False, encoding="utf-8")
+        with naming(staging / "manifest.csv"):
+            manifest.to_csv(staging / "manifest.csv", index=False, encoding="utf-8")
         report = _report(manifest, outside, params.data_url)
-        write_json(staging / "report.json", report)
+        with naming(staging / "report.json"):
+            (staging / "report.json").write_text(json_text(report), encoding="utf-8")
     return report
+
+
+def _under(unwritten: list[Unwritten], lag_root: Path) -> list[Unwritten]:
+    """The left-out files inside the LAG folder, with paths relative to it."""
+    return [
+        Unwritten(PurePosixPath(*member.path.parts[len(lag_root.parts):]), member.sha256,
+                  member.reason)
+        for member in unwritten
+        if member.path.parts[: len(lag_root.parts)] == lag_root.parts
+    ]
 
 
 def _report(manifest: Any, outside: list[str], url: str) -> dict[str, Any]:

@@ -8,9 +8,11 @@ split, two photos of one name annotated at once, a benchmark's default report.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pandas as pd
 import pytest
 
 from agegap.errors import AgegapError
+from agegap.lag import read_manifest
 from agegap.params import Params
 from stages.download import RAW_DIR, download
 from stages.split import SPLIT_DIR, split
@@ -301,3 +304,61 @@ def test_a_split_name_too_long_for_the_file_system_is_shortened(tmp_path: Path) 
     long_name, unused = _split_paths(assigned)
     assert unused == "" and long_name.startswith("train/old/iii") and long_name.endswith(".png")
     assert len(Path(long_name).name.encode()) == NAME_MAX
+
+
+# --- an archive member whose name is too long ------------------------------------------
+
+
+def archive_with_long_names(tmp_path: Path, fmt: str) -> tuple[Path, list[str], dict]:
+    """The synthetic archive plus a file and an identity whose names are over 255 bytes."""
+    base = make_archive(tmp_path / "base.zip")
+    long_file = "person_005/" + "é" * 130 + ".png"  # 264 bytes in UTF-8
+    long_identity = "x" * 256
+    extra = {
+        long_file: png_bytes(face("old", SIZE, np.random.default_rng(1))),
+        f"{long_identity}/a.png": png_bytes(face("old", SIZE, np.random.default_rng(2))),
+        f"{long_identity}/y/b.png": png_bytes(face("young", SIZE, np.random.default_rng(3))),
+    }
+    with zipfile.ZipFile(base.path) as bundle:
+        members = {name: bundle.read(name) for name in bundle.namelist()}
+    members.update(extra)
+    target = tmp_path / f"long.{fmt}"
+    if fmt == "zip":
+        with zipfile.ZipFile(target, "w") as bundle:
+            for name, data in members.items():
+                bundle.writestr(name, data)
+    else:
+        with tarfile.open(target, "w:gz") as bundle:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                bundle.addfile(info, io.BytesIO(data))
+    return target, sorted(extra), base.decoded
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar.gz"])
+def test_too_long_member_names_are_excluded_in_the_manifest(tmp_path: Path, fmt: str) -> None:
+    """Recorded like an undecodable file, not a traceback: the thousands of other images
+    are the dataset, and the rule (255 bytes) gives the same manifest on every machine."""
+    archive, long_names, decoded = archive_with_long_names(tmp_path, fmt)
+    report = download(Params(data_url=str(archive)), tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out" / RAW_DIR / "manifest.csv")
+    rows = manifest.set_index("path").loc[[f"images/{name}" for name in long_names]]
+    assert (rows["status"] == "excluded").all()
+    assert rows["reason"].str.startswith("name too long to extract").all()
+    assert rows["label"].tolist() == ["old", "old", "young"]
+    assert all(len(digest) == 64 for digest in rows["sha256"])
+    excluded = {item["path"] for item in report["excluded_files"]}
+    assert {f"images/{name}" for name in long_names} <= excluded
+    assert report["decoded"] == decoded  # every other image as before
+
+
+def test_a_name_of_255_bytes_is_extracted_as_usual(tmp_path: Path) -> None:
+    name = "person_000/" + "n" * 251 + ".png"
+    base = make_archive(tmp_path / "base.zip", identities=4, quirks=False)
+    with zipfile.ZipFile(base.path, "a") as bundle:
+        bundle.writestr(name, png_bytes(face("old", SIZE, np.random.default_rng(0))))
+    download(Params(data_url=str(base.path)), tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out" / RAW_DIR / "manifest.csv")
+    row = manifest.set_index("path").loc[f"images/{name}"]
+    assert row["status"] == "ok", row["reason"]
