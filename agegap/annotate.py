@@ -8,6 +8,7 @@ are those of the upright image, land on the faces.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,9 +58,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def target_path(out_dir: Path, source: Source) -> Path:
+def target_path(out_dir: Path, source: Source, relative: Path | None = None) -> Path:
     """Where the copy goes: ``out_dir`` mirrors the input's layout; never onto the source."""
-    target = out_dir / source.relative
+    target = out_dir / (relative or source.relative)
     if target.suffix.lower() not in WRITABLE_SUFFIXES:
         target = target.with_name(target.name + ".png")
     if target.resolve() == source.path.resolve():
@@ -67,11 +68,56 @@ def target_path(out_dir: Path, source: Source) -> Path:
     return target
 
 
-def write_annotated(
-    image: Image.Image, rows: Sequence[Prediction], out_dir: Path, source: Source
-) -> Path:
-    """Draw and save the annotated copy; returns its path. Raises ``OSError`` on failure."""
-    target = target_path(out_dir, source)
+def target_paths(out_dir: Path, sources: Sequence[Source]) -> dict[Path, Path]:
+    """Each source's :func:`target_path`, distinct: ``a/x.jpg b/x.jpg`` make two copies.
+
+    Only files whose copies would land on one name (compared case-blind, as macOS
+    does) keep their parent folders, one more at a time until they differ:
+    ``out/a/x.jpg`` and ``out/b/x.jpg``; every other copy keeps its short name.
+    """
+    depth = [0] * len(sources)
+    while True:
+        targets = [
+            target_path(out_dir, source, _with_parents(source, extra))
+            for source, extra in zip(sources, depth, strict=True)
+        ]
+        clashing = _clashing(targets)
+        grown = False
+        for index in clashing:
+            if depth[index] < len(_parents(sources[index])):
+                depth[index] += 1
+                grown = True
+        if not grown:
+            break
+    for index in clashing:  # the same path even in full: only a name like x.heic.png
+        target = targets[index]
+        targets[index] = target.with_name(f"{target.stem}.{index + 1}{target.suffix}")
+    return {source.path: target for source, target in zip(sources, targets, strict=True)}
+
+
+def _parents(source: Source) -> tuple[str, ...]:
+    """The folders above ``source.relative`` in the file's absolute path, nearest last."""
+    parts = Path(os.path.abspath(source.path)).parts[1:]  # no root: the copy stays in out_dir
+    return parts[: max(0, len(parts) - len(source.relative.parts))]
+
+
+def _with_parents(source: Source, extra: int) -> Path:
+    parents = _parents(source)
+    return Path(*parents[len(parents) - extra:], source.relative) if extra else source.relative
+
+
+def _clashing(targets: Sequence[Path]) -> list[int]:
+    groups: dict[str, list[int]] = {}
+    for index, target in enumerate(targets):
+        groups.setdefault(str(target).casefold(), []).append(index)
+    return [index for group in groups.values() if len(group) > 1 for index in group]
+
+
+def write_annotated(image: Image.Image, rows: Sequence[Prediction], target: Path) -> Path:
+    """Draw and save the annotated copy at ``target`` (from :func:`target_paths`).
+
+    Returns ``target``; raises ``OSError`` on failure.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     picture = annotated(image, rows)
     if target.suffix.lower() in {".jpg", ".jpeg"}:

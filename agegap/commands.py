@@ -77,12 +77,13 @@ def predict_command(
     """Print one row per face of every image under ``paths``; 1 if any file failed."""
     model = _load_model(model_path, detect_faces=detect_faces)
     from agegap import report
-    from agegap.annotate import write_annotated
+    from agegap.annotate import target_paths, write_annotated
     from agegap.predict import Prediction, Source, collect, failed_rows, predict
 
     out = out or sys.stdout
     entries = collect(paths)
     sources = [entry for entry in entries if isinstance(entry, Source)]
+    targets = target_paths(annotate_dir, sources) if annotate_dir is not None else {}
     rows_of: dict[Path, list[Prediction]] = {}
     annotate_failures = 0
     for prepared, file_rows in predict(
@@ -95,7 +96,7 @@ def predict_command(
         rows_of[prepared.source.path] = file_rows
         if annotate_dir is not None and prepared.image is not None:
             try:
-                write_annotated(prepared.image, file_rows, annotate_dir, prepared.source)
+                write_annotated(prepared.image, file_rows, targets[prepared.source.path])
             except (OSError, ValueError) as error:
                 annotate_failures += 1
                 print(

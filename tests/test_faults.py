@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from agegap.errors import AgegapError
 from agegap.lag import read_manifest
@@ -362,3 +363,41 @@ def test_a_name_of_255_bytes_is_extracted_as_usual(tmp_path: Path) -> None:
     manifest = read_manifest(tmp_path / "out" / RAW_DIR / "manifest.csv")
     row = manifest.set_index("path").loc[f"images/{name}"]
     assert row["status"] == "ok", row["reason"]
+
+
+# --- predict --annotate: two files of one name -----------------------------------------
+
+
+def test_annotating_two_files_of_one_name_makes_two_copies(
+    tmp_path: Path, base_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agegap.cli import main
+
+    rng = np.random.default_rng(0)
+    photos = {}
+    for name in ("a/x.jpg", "b/x.jpg", "c/y.jpg"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True)
+        Image.fromarray(face("old", 64, rng)).save(path, quality=95)
+        photos[name] = path
+    out = tmp_path / "out"
+    args = ["predict", *map(str, photos.values()), "--annotate", str(out), "--no-detect-faces",
+            "--model", str(base_project / "models" / "model.keras"), "--format", "json"]
+    assert main(args) == 0, capsys.readouterr().err
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a/x.jpg", "b/x.jpg", "y.jpg"]  # the parent only where names collide
+    assert (out / "a/x.jpg").read_bytes() != (out / "b/x.jpg").read_bytes()
+
+
+def test_annotation_targets_grow_until_they_differ(tmp_path: Path) -> None:
+    from agegap.annotate import target_paths
+    from agegap.predict import Source
+
+    files = [tmp_path / "p/a/x.jpg", tmp_path / "q/a/x.jpg", tmp_path / "r/X.JPG",
+             tmp_path / "z.png"]
+    sources = [Source(path, Path(path.name)) for path in files]
+    out = tmp_path / "out"
+    targets = target_paths(out, sources)
+    assert [targets[path].relative_to(out).as_posix() for path in files] == [
+        "p/a/x.jpg", "q/a/x.jpg", "r/X.JPG", "z.png"
+    ]
