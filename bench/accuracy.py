@@ -1,10 +1,12 @@
-"""Issue 8's accuracy protocol: each recipe x split strategy x three split seeds.
+"""The fair accuracy protocol: each recipe x split strategy x three split seeds.
 
 Every run is a real pipeline run (the ``split``, ``train`` and ``evaluate`` stages,
 each in its own process, in a scratch workspace that shares one decoded
 ``data/raw``), so what is measured is exactly what ``dvc repro`` would produce.
 Results are appended to a JSON-lines file as they come, so an interrupted protocol
-resumes where it stopped; the report gives mean ± standard deviation over seeds.
+resumes where it stopped; the report gives mean ± standard deviation over seeds. It is
+written to ``WORK/report.md`` unless ``--report`` names another file, so a trial run
+never overwrites the committed ``reports/accuracy-runs.md``.
 
     python bench/accuracy.py --recipes blog cutout --epochs 100
     python bench/accuracy.py --recipes cutout --strategies identity --seeds 0 --epochs 30
@@ -398,7 +400,9 @@ def main() -> None:
                         help="the runs' JSON lines (default: WORK/results.jsonl)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the report of --results")
-    parser.add_argument("--report", type=Path, default=REPO / "reports" / "accuracy-runs.md")
+    parser.add_argument("--report", type=Path,
+                        help="the markdown report (default: WORK/report.md, not in git; name "
+                        "reports/accuracy-runs.md to replace the committed one)")
     args = parser.parse_args()
 
     recipes = load_recipes(args.recipes_file)
@@ -421,8 +425,9 @@ def main() -> None:
     wanted = [d for d in done if d["recipe"] in args.recipes and d["epochs"] == args.epochs
               and d["overrides"] == recipes[d["recipe"]]]
     report = markdown(summarise(wanted), recipes)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(report, encoding="utf-8")
+    report_file = args.report or args.work / "report.md"  # never a committed report unasked
+    report_file.parent.mkdir(parents=True, exist_ok=True)
+    report_file.write_text(report, encoding="utf-8")
     print(report)
     if failures:
         raise SystemExit(f"error: {', '.join(failures)} failed")

@@ -1,7 +1,7 @@
 """Training throughput: the project's training path against the blog's Keras 2 loop.
 
-Why a benchmark and not a test: issue 6 asks for ">= 3x the blog's loop on a CPU" and
-for GPU figures, and timings on a shared machine are too noisy for assertions. This
+Why a benchmark and not a test: the target is ">= 3x the blog's loop on a CPU", with
+GPU figures, and timings on a shared machine are too noisy for assertions. This
 script is the measure; it prints everything needed to judge one run on its own.
 
 What runs, each in its own subprocess (Keras 2 and Keras 3 must not share a process,
@@ -12,7 +12,7 @@ and a subprocess gives each side its own peak memory):
   network and training as (b), batch 16, 1,200 images per epoch, the in-model
   ``BlogAugmentation``) and the shipped run settings (``precision: auto``,
   ``deterministic: true``), on the current ``KERAS_BACKEND``. Not ``params.yaml``'s
-  recipe: since issue 8 that adds cutout, which (b) does not have.
+  recipe: that adds cutout, which (b) does not have.
 * (b) **blog**: ``tf_keras`` (Keras 2) with ``ImageDataGenerator(rescale=1/255,
   shear_range=0.2, zoom_range=0.2, horizontal_flip=True).flow_from_directory`` on PNG
   folders written to a temporary directory, the same network, adam, batch 16,

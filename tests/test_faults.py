@@ -12,6 +12,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -26,6 +28,7 @@ from agegap.lag import read_manifest
 from agegap.params import Params
 from stages.download import RAW_DIR, download
 from stages.split import SPLIT_DIR, split
+from tests.conftest import REPO
 from tests.synthetic import build_tree, face, make_archive, png_bytes
 
 SIZE = 32
@@ -401,3 +404,20 @@ def test_annotation_targets_grow_until_they_differ(tmp_path: Path) -> None:
     assert [targets[path].relative_to(out).as_posix() for path in files] == [
         "p/a/x.jpg", "q/a/x.jpg", "r/X.JPG", "z.png"
     ]
+
+
+# --- benchmarks never overwrite a committed report by default --------------------------
+
+
+def test_bench_accuracy_report_defaults_to_its_scratch_folder(tmp_path: Path) -> None:
+    committed = REPO / "reports" / "accuracy-runs.md"
+    before = committed.read_bytes()
+    work = tmp_path / "work"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "accuracy.py"), "--report-only",
+         "--work", str(work), "--recipes", "blog"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (work / "report.md").is_file()
+    assert committed.read_bytes() == before
