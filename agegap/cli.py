@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT_DIR",
         type=Path,
         help="also write a copy of each image with its face boxes and labels drawn into "
-        "OUT_DIR, mirroring the input names (created if missing)",
+        "OUT_DIR, mirroring the input names (created if missing); files of one name from "
+        "different folders keep their parent folders (OUT_DIR/a/x.jpg, OUT_DIR/b/x.jpg)",
     )
 
     score = commands.add_parser(
