@@ -32,7 +32,7 @@ def _out_of_space(error: OSError, target: Path, staging: Path) -> AgegapError | 
     """
     if error.errno not in _OUT_OF_SPACE:
         return None
-    written = Path(error.filename) if error.filename else target
+    written = Path(os.fsdecode(error.filename)) if error.filename else target
     with contextlib.suppress(ValueError):
         written = target / Path(os.path.abspath(written)).relative_to(os.path.abspath(staging))
     reason = os.strerror(error.errno).lower()
