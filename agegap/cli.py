@@ -23,6 +23,7 @@ Tell old from young faces with the model trained by `dvc repro`.
                                       on a labelled folder (FOLDER/old, FOLDER/young);
                                       --probes adds the robustness probes
   agegap serve                        a web page and an HTTP API on the same model
+  agegap prime-download ARCHIVE       let `download` use a local copy of the archive
 
 Exit status: 0 when every file was processed, 1 when any file or the model failed
 (the other files are still processed), 2 for a wrong command line.
@@ -147,7 +148,45 @@ def build_parser() -> argparse.ArgumentParser:
         "the evaluate stage does",
     )
     _serve_parser(commands)
+    _prime_parser(commands)
     return parser
+
+
+_PRIME_EPILOG = """\
+Copies ARCHIVE to data/downloads/, where the download stage keeps a finished download
+of params.yaml's data_url, so `dvc repro` uses it instead of fetching: data_url keeps the
+official address and the committed dvc.lock still matches. The copy's SHA-256 is
+printed, and checked against --sha256 or params.yaml's data_sha256 when either is set.
+
+example:
+  agegap prime-download ../shared/datasets/LAGdataset_100.zip && dvc repro
+"""
+
+
+def _prime_parser(commands: argparse._SubParsersAction) -> None:
+    prime = commands.add_parser(
+        "prime-download",
+        help="let the download stage use a local copy of the archive",
+        description="Put a local copy of the LAG archive where `download` looks first.",
+        epilog=_PRIME_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prime.add_argument("archive", type=Path, help="the local LAGdataset_100.zip")
+    prime.add_argument(
+        "--sha256", default="", help="the checksum the copy must have (default: data_sha256)"
+    )
+
+
+def _prime_download(archive: Path, sha256: str) -> int:
+    from agegap.fetch import DOWNLOAD_CACHE, prime_download_cache
+    from agegap.params import load_params
+
+    params = load_params()
+    cached, digest = prime_download_cache(
+        archive, params.data_url, sha256 or params.data_sha256, DOWNLOAD_CACHE
+    )
+    print(f"{archive} -> {cached}\nsha256 {digest}")
+    return 0
 
 
 def _serve_parser(commands: argparse._SubParsersAction) -> None:
@@ -224,6 +263,8 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agegap`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "prime-download":
+        return _prime_download(args.archive, args.sha256)
     tta_flip = project_tta_flip() if args.tta_flip is None else args.tta_flip
     from agegap import commands  # imports Keras: only once the command line is valid
 

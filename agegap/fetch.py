@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 import urllib.parse
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
 from tqdm import tqdm
 
+from agegap.atomic import atomic_path
 from agegap.errors import AgegapError
 
+# Finished downloads, kept out of git and DVC so that a re-run need not fetch again.
+DOWNLOAD_CACHE = Path("data/downloads")
 CHUNK_BYTES = 1 << 20
 RETRIES = 3
 BACKOFF_S = 1.0  # then 2 s, 4 s: an offline machine hears back in about 7 s
@@ -186,3 +191,31 @@ def obtain_archive(url: str, expected_sha256: str, root: Path, cache_dir: Path) 
         raise AgegapError(f"data_url={url!r}: no such file ({path})")
     verify_sha256(path, expected_sha256, url)
     return path
+
+
+def prime_download_cache(
+    source: Path, url: str, expected_sha256: str, cache_dir: Path
+) -> tuple[Path, str]:
+    """Copy a local archive to where ``download`` keeps a finished download of ``url``.
+
+    So a machine without access to the official server runs the pipeline with
+    ``data_url`` unchanged (and the committed ``dvc.lock`` still matching), from a copy
+    it already has. Returns the cached file and the copy's SHA-256, checked against
+    ``expected_sha256`` when one is given.
+    """
+    if not is_remote(url):
+        raise AgegapError(f"data_url={url!r} is a local file already: nothing to prime")
+    if not source.is_file():
+        raise AgegapError(f"{source}: no such file")
+    if not zipfile.is_zipfile(source):
+        raise AgegapError(f"{source}: not a zip archive")
+    digest = sha256_of_file(source)
+    if expected_sha256 and digest != expected_sha256.lower():
+        raise AgegapError(
+            f"{source}: SHA-256 is {digest}, but {expected_sha256} was expected: "
+            "another version of the archive, or a corrupt copy"
+        )
+    target = cached_download_path(url, cache_dir)
+    with atomic_path(target) as staged:
+        shutil.copyfile(source, staged)
+    return target, digest

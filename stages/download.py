@@ -16,12 +16,11 @@ from typing import Any
 from agegap.archive import Unwritten, extract_archive, find_lag_root
 from agegap.atomic import atomic_dir, json_text, naming
 from agegap.errors import AgegapError, exits_cleanly
-from agegap.fetch import obtain_archive
+from agegap.fetch import DOWNLOAD_CACHE, obtain_archive
 from agegap.lag import scan_lag
 from agegap.params import Params, load_params
 
 RAW_DIR = Path("data/raw")
-DOWNLOAD_CACHE = Path("data/downloads")
 IMAGES_SUBDIR = "images"
 
 
