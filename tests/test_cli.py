@@ -149,7 +149,7 @@ def labelled_folder(root: Path, per_class: int = 6) -> Path:
 def test_help_explains_every_option() -> None:
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(subparsers) == {"predict", "score", "serve"}
+    assert set(subparsers) == {"predict", "score", "serve", "prime-download"}
     for name, sub in subparsers.items():
         for action in sub._actions:
             assert action.help, f"agegap {name}: {action.option_strings or action.dest} has no help"
