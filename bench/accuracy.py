@@ -167,6 +167,7 @@ def run_once(
     _stage("evaluate", workspace)
     test = json.loads((workspace / "metrics.json").read_text(encoding="utf-8"))
     trained = json.loads((workspace / "train_metrics.json").read_text(encoding="utf-8"))
+    how = json.loads((workspace / "train_run.json").read_text(encoding="utf-8"))
     return {
         "recipe": recipe,
         "strategy": strategy,
@@ -183,13 +184,12 @@ def run_once(
         "best_val_accuracy": trained["best_val_accuracy"],
         "best_epoch": trained["best_epoch"],
         "epochs_run": trained.get("epochs_run", epochs),
-        "seconds_per_epoch": trained["seconds_per_epoch"],
+        "seconds_per_epoch": how["seconds_per_epoch"],
         "wall_seconds": time.perf_counter() - started,
-        "backend": trained["backend"],
-        "device": trained["device"],
-        "precision": trained["precision"],
-        "machine": f"{platform.node() or 'unknown'}, {trained['cpu_threads']} CPU threads, "
-                   f"{trained['accelerator']}",
+        "backend": how["backend"],
+        "device": how["device"],
+        "precision": how["precision"],
+        "machine": f"{platform.node() or 'unknown'}, {how['cpu']}, {how['accelerator']}",
         "code": code_of_run(code_at_start, code_version()),
         **flip_scores(workspace),
     }
