@@ -1,7 +1,7 @@
 """The Prefect artifacts a pipeline run publishes: what the UI shows about its results.
 
 - ``agegap-metrics``: a table of the test metrics (``metrics.json``);
-- ``agegap-stages``: a table of what DVC did with each stage (ran / skipped);
+- ``agegap-stages``: a table of what DVC did with each stage (ran / restored / skipped);
 - ``agegap-metrics-diff``: ``dvc metrics diff`` of the workspace against a commit;
 - ``agegap-plots`` and ``agegap-plot-<file>``: links to the rendered DVC plots and images.
 
@@ -51,7 +51,10 @@ def publish_stages(outcomes: list[dict[str, Any]]) -> None:
     create_table_artifact(
         table=outcomes,
         key=STAGES_KEY,
-        description="What DVC did with each stage: ran, skipped (up to date), failed, not run",
+        description=(
+            "What DVC did with each stage: ran, restored (from DVC's run cache),"
+            " skipped (up to date), failed, not run"
+        ),
     )
 
 

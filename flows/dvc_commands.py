@@ -8,7 +8,12 @@ leak between flow runs sharing one Python process.
 Why a lock: two DVC commands in one workspace crash each other ("'…' is busy",
 ``NoneType`` errors in ``dvc exp run``). Every flow run takes the workspace's file
 lock before its first DVC command, so a second run waits instead of crashing the
-first.
+first. The kernel frees it when its holder dies, even by ``kill -9``; what such a run
+left running is stopped by the next one (:mod:`flows.leftovers`).
+
+Why a stage DVC said nothing recognisable about counts as ``ran``: only DVC's own
+"didn't change, skipping" makes it ``skipped``. A run wrongly called skipped hides work
+that changed the workspace; one wrongly called ran costs nothing.
 """
 
 from __future__ import annotations
@@ -32,14 +37,18 @@ from filelock import FileLock, Timeout
 
 from agegap.errors import AgegapError
 from agegap.params import param_names, params_from_dict, read_params_mapping
+from flows import leftovers
 
 LOCK_FILE = Path(".dvc") / "tmp" / "agegap-flow.lock"
 SKIPPED = "skipped"
 RAN = "ran"
+RESTORED = "restored"
 NOT_RUN = "not run"
 
 _RUNNING = re.compile(r"^Running stage '(?P<stage>[^']+)'")
-_SKIPPING = re.compile(r"^Stage '(?P<stage>[^']+)' didn't change, skipping")
+_SKIPPING = re.compile(r"^(Stage )?'(?P<stage>[^']+)' didn't change, skipping")
+# DVC's run cache had the outputs for these deps and params: checked out, not computed.
+_RESTORING = re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run")
 _ERROR_LINE = re.compile(r"^(error|ERROR)\b:?")
 
 
@@ -57,14 +66,23 @@ class DvcRun:
     seconds: float = 0.0
 
     def stage_outcomes(self) -> dict[str, str]:
-        """Each stage DVC mentioned, in order: ``ran`` or ``skipped`` (DVC's own words)."""
+        """Each stage DVC mentioned, in order: ``ran``, ``restored`` or ``skipped``.
+
+        Running beats the other two: a stage DVC started ran, whatever else it said.
+        """
         outcomes: dict[str, str] = {}
         for line in self.lines:
             if match := _SKIPPING.match(line):
                 outcomes.setdefault(match["stage"], SKIPPED)
+            elif match := _RESTORING.match(line):
+                outcomes.setdefault(match["stage"], RESTORED)
             elif match := _RUNNING.match(line):
                 outcomes[match["stage"]] = RAN
         return outcomes
+
+    def stage_outcome(self, stage: str) -> str:
+        """What a successful ``dvc repro`` of ``stage`` did; ``ran`` unless DVC said otherwise."""
+        return self.stage_outcomes().get(stage, RAN)
 
     def error_summary(self, limit: int = 8) -> str:
         """The lines that explain a failure: the stages' ``error:`` and DVC's ``ERROR:`` lines.
@@ -130,7 +148,8 @@ def workspace_lock(
 
     A file lock (not a Prefect concurrency limit) so it also holds against DVC
     commands started by other tools of this project and needs no server setup.
-    ``on_wait`` is told once when another run holds the lock, so the wait is visible.
+    ``on_wait`` is told once when another run holds the lock, so the wait is visible,
+    and of each DVC command left by a dead run that is stopped once the lock is taken.
     """
     path = workspace / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +166,7 @@ def workspace_lock(
                 f"gave up after {timeout:.0f} s waiting for another DVC run in {workspace}"
             ) from None
     try:
+        leftovers.stop_leftovers(workspace, on_wait)
         yield
     finally:
         lock.release()
@@ -196,6 +216,7 @@ def run_dvc(
         bufsize=1,
         start_new_session=True,
     )
+    note = leftovers.record(workspace, process.pid, args)
     lines: list[str] = []
     pending: queue.Queue[str | None] = queue.Queue()
 
@@ -229,6 +250,7 @@ def run_dvc(
     finally:
         if process.poll() is None:
             _kill_group(process)
+        leftovers.forget(note)
         reader.join(timeout=5)
     result = DvcRun(args, returncode, lines, time.monotonic() - started)
     if check and returncode != 0:

@@ -32,6 +32,7 @@ from flows import artifacts
 from flows.dvc_commands import (
     NOT_RUN,
     RAN,
+    RESTORED,
     SKIPPED,
     DvcCommandError,
     experiment_args,
@@ -82,13 +83,15 @@ def run_stage(workspace: str, stage: str, timeout_s: float) -> Any:
 
     ``--single-item`` because the flow already walks the graph in order; DVC then
     runs the stage only if its deps, params or outs changed. No Prefect caching
-    (NO_CACHE): DVC's lock file is the only cache, so the two never disagree. An
-    unchanged stage finishes in a ``Skipped`` (Completed) state, visible in the UI.
+    (NO_CACHE): DVC's lock file is the only cache, so the two never disagree. A stage
+    DVC said it skipped finishes in a ``Skipped`` (Completed) state, visible in the UI;
+    one restored from DVC's run cache, or about which DVC's words are not recognised,
+    counts as run (:meth:`DvcRun.stage_outcome`).
     """
     result = _run_dvc_logged(
         ["repro", "--single-item", stage], workspace, timeout_s, f"stage {stage!r}"
     )
-    outcome = result.stage_outcomes().get(stage, SKIPPED)
+    outcome = result.stage_outcome(stage)
     row = {"stage": stage, "outcome": outcome, "seconds": round(result.seconds, 1)}
     if outcome == SKIPPED:
         return Completed(name="Skipped", message=f"stage {stage!r} didn't change", data=row)
@@ -160,9 +163,13 @@ def pipeline(
         artifacts.publish_metrics_diff(root, diff_against)
         artifacts.publish_plots(root)
     ran = [row["stage"] for row in outcomes if row["outcome"] == RAN]
+    restored = [row["stage"] for row in outcomes if row["outcome"] == RESTORED]
     skipped = [row["stage"] for row in outcomes if row["outcome"] == SKIPPED]
     logger.info(
-        "ran: %s; skipped (up to date): %s", ", ".join(ran) or "none", ", ".join(skipped) or "none"
+        "ran: %s; skipped (up to date): %s%s",
+        ", ".join(ran) or "none",
+        ", ".join(skipped) or "none",
+        f"; restored from DVC's run cache: {', '.join(restored)}" if restored else "",
     )
     return metrics
 

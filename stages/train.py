@@ -18,9 +18,11 @@ from typing import Any
 
 import keras
 
+from agegap import workspace_lock
 from agegap.atomic import atomic_path, write_json
 from agegap.dataset import load_split
 from agegap.errors import exits_cleanly
+from agegap.orphans import stop_when_runner_dies
 from agegap.params import Params, load_params
 from agegap.runtime import configure
 from agegap.training import DVCLiveMetrics, train_model
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         help=f"write no {DVCLIVE_DIR}/ curves (no DVC needed); the model is the same",
     )
     args = parser.parse_args(argv)
+    stop_when_runner_dies("train")  # a killed `dvc repro` takes its training with it
+    workspace_lock.hold("train")  # one training at a time writes this workspace's outputs
     metrics = train(load_params(), dvclive=not args.no_dvclive)
     print(
         f"train: best epoch {metrics['best_epoch']}/{metrics['epochs']}, "
