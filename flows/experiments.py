@@ -267,6 +267,7 @@ def collect(workspace: str, runs: list[Run], states: Mapping[str, str]) -> list[
         run.status = states.get(run.name, "Unknown")
         if run.status == "Success" and run.name in shown:
             run.metrics = _metrics(shown[run.name])
+            run.metrics["seconds_per_epoch"] = _seconds_per_epoch(root, shown[run.name])
         elif run.status != "Success":
             log = run_dvc(["queue", "logs", run.name], root, check=False)
             run.error = log.error_summary(limit=3) or f"experiment ended as {run.status}"
@@ -286,8 +287,20 @@ def _metrics(shown: Mapping[str, Any]) -> dict[str, Any]:
         "test_loss": pick("metrics.json", "loss"),
         "val_accuracy": pick("train_metrics.json", "best_val_accuracy"),
         "train_accuracy": pick("train_metrics.json", "train_accuracy_at_best"),
-        "seconds_per_epoch": pick("train_metrics.json", "seconds_per_epoch"),
     }
+
+
+def _seconds_per_epoch(root: Path, shown: Mapping[str, Any]) -> float | None:
+    """The run's speed, from the ``train_run.json`` its experiment commit holds: timings
+    are not DVC metrics, so ``exp_show`` does not list them. None where it cannot be read."""
+    import dvc.api
+
+    try:
+        run = json.loads(dvc.api.read("train_run.json", repo=str(root), rev=shown.get("rev")))
+        value = run["seconds_per_epoch"]
+    except Exception:  # a missing speed leaves a blank cell, never a failed study
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def summarise(rows: list[Row], runs: list[Run]) -> list[dict[str, Any]]:
