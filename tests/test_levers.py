@@ -75,7 +75,7 @@ def test_cosine_schedule_and_weight_decay_reach_the_optimizer() -> None:
 def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(tmp_path: Path) -> None:
     train = validation = tiny_image_set(32, 16)
     params = Params(image_size=16, conv_filters=(4,), kernel_size=3, dense_units=4,
-                    batch_size=8, epochs=30, train_images_per_epoch=0, learning_rate=0.0,
+                    batch_size=8, epochs=30, train_images_per_epoch=0, learning_rate=1e-12,
                     early_stopping_patience=2, precision="float32",
                     batch_norm=False)  # its moving statistics would still move at lr 0
     result = train_model(params, train, validation, tmp_path / "m.keras", verbose=0)
