@@ -46,18 +46,11 @@ from flows.dvc_commands import (
 from flows.ephemeral import quiet_ephemeral_server
 
 STUDY_FILE = "experiments.yaml"
-REPORT_DIR = "reports"
+# Not in git: a trial study never overwrites the committed reports/experiments.md.
+REPORT_DIR = ".experiments"
 TABLE_KEY = "agegap-experiments"
 REPORT_KEY = "agegap-experiments-report"
 DONE_STATES = frozenset({"Success", "Failed"})
-BLOG_KEYS = (
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "test_loss",
-    "test_accuracy",
-)
 
 
 @dataclass(frozen=True)
@@ -350,7 +343,7 @@ def _blog(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
 def write_report(
     folder: Path, table: list[dict[str, Any]], runs: list[Run], header: Mapping[str, Any]
 ) -> tuple[Path, Path]:
-    """``reports/experiments.md`` (the table beside the blog's) and its bar chart PNG."""
+    """``experiments.md`` (the table beside the blog's) and its bar chart PNG in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     chart = folder / "experiments.png"
     _chart(table, chart, header)
@@ -499,6 +492,9 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--epochs", type=int, help="epochs for every row (default: params.yaml)")
     parser.add_argument("--jobs", type=int, help="parallel DVC queue workers (default: cores / 2)")
     parser.add_argument("--study", default=STUDY_FILE, help=f"study file (default {STUDY_FILE})")
+    parser.add_argument("--report-dir", default=REPORT_DIR,
+                        help=f"folder of experiments.md and .png (default {REPORT_DIR}, not in "
+                        "git; name reports to replace the committed report)")
     options = parser.parse_args(argv)
     root = workspace_root(options.workspace)
     wanted = (
@@ -513,11 +509,12 @@ def _main(argv: list[str] | None) -> int:
         epochs=options.epochs,
         jobs=options.jobs,
         study_file=options.study,
+        report_dir=options.report_dir,
         return_state=True,
     )
     if not state.is_completed():
         raise AgegapError(f"study failed: {state.message}")
-    print(f"report: {root / REPORT_DIR / 'experiments.md'}")
+    print(f"report: {root / options.report_dir / 'experiments.md'}")
     return 0
 
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,32 @@ def make_project(tmp_path: Path) -> Callable[..., Path]:
         return copy_project(tmp_path / name, archive, **params)
 
     return make
+
+
+@dataclass(frozen=True)
+class Reproduced:
+    """A synthetic project after one full ``dvc repro``, and what DVC printed."""
+
+    folder: Path
+    stdout: str
+
+    def copy(self, target: Path) -> Path:
+        """A private copy (with its DVC cache and git history) for a test that changes it."""
+        shutil.copytree(self.folder, target, symlinks=True)
+        return target
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
+    """One full ``dvc repro`` shared by the end-to-end tests: read it, or ``.copy()`` it.
+
+    30 identities with two images of each age: enough for every split's quota, and the
+    synthetic faces are learnt well above chance in FAST_PARAMS' five epochs.
+    """
+    base = tmp_path_factory.mktemp("reproduced")
+    archive = make_archive(base / "LAGdataset_100.zip", identities=30, per_class=2)
+    folder = copy_project(base / "project", archive.path)
+    return Reproduced(folder, run(["dvc", "repro"], folder).stdout)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ and CPU and GPU runs kept apart in the report."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from agegap.commands import score_command
 from tests.conftest import FAST_PARAMS, REPO, run
 
 BENCH = REPO / "bench" / "accuracy.py"
@@ -59,11 +61,11 @@ def test_parallel_runs_without_dvclive_and_a_broken_recipe(tmp_path: Path, synth
         assert not (workspace / "dvclive").exists()
         # the evaluate stage follows params (tta_flip off by default): its score is "plain"
         assert row["test_accuracy"] == row["test_accuracy_plain"]
-        for key, flag in (("test_accuracy_plain", "--no-tta-flip"),
-                          ("test_accuracy_tta", "--tta-flip")):
-            scored = run([sys.executable, "-m", "agegap.cli", "score", "data/split/test",
-                          "--json", flag], workspace)
-            assert row[key] == json.loads(scored.stdout)["accuracy"], key
+        for key, tta_flip in (("test_accuracy_plain", False), ("test_accuracy_tta", True)):
+            scored = io.StringIO()  # `agegap score --json`, in this process: no second TF start
+            score_command(workspace / "data/split/test", as_json=True, tta_flip=tta_flip,
+                          model_path=workspace / "models/model.keras", out=scored)
+            assert row[key] == json.loads(scored.getvalue())["accuracy"], key
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| cpu | image | small | 2 | 2 (0, 1) |" in report
 

@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
-from tests.synthetic import SyntheticArchive
+from tests.conftest import Reproduced, run
 
 SCORE_KEYS = ("accuracy", "loss", "precision", "recall", "f1", "roc_auc")
 
 
 @pytest.mark.slow
-def test_score_on_test_split_equals_evaluate_metrics(
-    synthetic_zip: SyntheticArchive, make_project: Callable[..., Path]
-) -> None:
-    project = make_project(synthetic_zip.path)
-    run(["dvc", "repro", "evaluate"], project)
+def test_score_on_test_split_equals_evaluate_metrics(reproduced: Reproduced) -> None:
+    project = reproduced.folder  # read only
     metrics = json.loads((project / "metrics.json").read_text(encoding="utf-8"))
 
     agegap = Path(sys.executable).parent / "agegap"
@@ -35,6 +30,7 @@ def test_score_on_test_split_equals_evaluate_metrics(
             "score",
             str(project / "data" / "split" / "test"),
             "--json",
+            "--probes",
             "--model",
             str(project / "models" / "model.keras"),
         ],  # no --tta-flip: in the project folder, score follows params.yaml's tta_flip
@@ -52,15 +48,12 @@ def test_score_on_test_split_equals_evaluate_metrics(
         counts[actual == "young"][predicted == "young"] += 1
     assert scores["confusion"] == counts
 
-    # run from the project folder with the defaults, as the README shows it
-    default = run([str(agegap), "score", "data/split/test"], project)
-    assert f"accuracy   {metrics['accuracy']:.4f}" in default.stdout
-
     # the robustness probes: the same numbers as the evaluate stage's
-    probed = json.loads(run([str(agegap), "score", "data/split/test", "--probes", "--json"],
-                            project).stdout)
     for key in ("probes", "robustness", "by_colour"):
-        assert probed[key] == metrics[key], key
+        assert scores[key] == metrics[key], key
+
+    # run from the project folder with the defaults, as the README shows it
     table = run([str(agegap), "score", "data/split/test", "--probes"], project).stdout
+    assert f"accuracy   {metrics['accuracy']:.4f}" in table
     assert f"worst probe: {metrics['robustness']['worst_probe']}" in table
     assert "grayscale images:" in table

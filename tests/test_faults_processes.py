@@ -344,6 +344,24 @@ def test_killed_dvc_repro_then_repro_gives_the_uninterrupted_metrics(
     assert "changed" not in run(["dvc", "status"], project).stdout
 
 
+def kill_flow_run_once(
+    project: Path, api_url: str, log: Path, started: Callable[[], Any], timeout: float, what: str
+) -> None:
+    """Start ``python -m flows.pipeline run`` on ``project``; ``kill -9`` it once ``started``."""
+    with log.open("w") as out:
+        flow_run = subprocess.Popen(
+            [sys.executable, "-m", "flows.pipeline", "run", "--workspace", str(project)],
+            cwd=REPO,
+            env={**project_env(), "PREFECT_API_URL": api_url},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    with reaped(flow_run):
+        wait_for(started, timeout, what)
+        flow_run.send_signal(signal.SIGKILL)
+        flow_run.wait()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_killed_flow_run_then_next_flow_run_gives_the_right_result(
@@ -354,19 +372,8 @@ def test_killed_flow_run_then_next_flow_run_gives_the_right_result(
     from flows.pipeline import pipeline
 
     project = retrain_copy(reference, tmp_path / "project")
-    log = tmp_path / "killed-flow.log"
-    with log.open("w") as out:
-        flow_run = subprocess.Popen(
-            [sys.executable, "-m", "flows.pipeline", "run", "--workspace", str(project)],
-            cwd=REPO,
-            env={**project_env(), "PREFECT_API_URL": prefect_harness},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    with reaped(flow_run):
-        wait_for(lambda: (project / "dvclive").exists(), 300, "the flow's training to start")
-        flow_run.send_signal(signal.SIGKILL)
-        flow_run.wait()
+    kill_flow_run_once(project, prefect_harness, tmp_path / "killed-flow.log",
+                       lambda: (project / "dvclive").exists(), 300, "the flow's training to start")
 
     state = pipeline(workspace=str(project), return_state=True)
     assert state.is_completed(), state.message
@@ -406,18 +413,8 @@ def test_a_silent_stage_left_by_a_killed_flow_run_is_stopped_by_the_next(
     )
     run(["git", "init", "-q"], project)
     run(["dvc", "init", "-q"], project)
-    with (tmp_path / "killed-flow.log").open("w") as out:
-        flow_run = subprocess.Popen(
-            [sys.executable, "-m", "flows.pipeline", "run", "--workspace", str(project)],
-            cwd=REPO,
-            env={**project_env(), "PREFECT_API_URL": prefect_harness},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    with reaped(flow_run):
-        wait_for(lambda: (project / "started").exists(), 240, "the stage to start")
-        flow_run.send_signal(signal.SIGKILL)
-        flow_run.wait()
+    kill_flow_run_once(project, prefect_harness, tmp_path / "killed-flow.log",
+                       lambda: (project / "started").exists(), 240, "the stage to start")
     (note,) = (project / leftovers.RECORDS).glob("*.json")
     group = int(note.stem)
     assert orphans.group_members(group)  # DVC and the stage live on without their flow run

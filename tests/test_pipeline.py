@@ -8,22 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import copy_project, run
-from tests.synthetic import make_archive
+from tests.conftest import Reproduced, run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A synthetic project after one full `dvc repro` (shared by the tests below)."""
-    base = tmp_path_factory.mktemp("pipeline")
-    archive = make_archive(base / "LAGdataset_100.zip", identities=30, per_class=2)
-    folder = copy_project(base / "project", archive.path)
-    result = run(["dvc", "repro"], folder)
+def project(reproduced: Reproduced, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's reproduced project, shared by the tests below (which change it)."""
     for stage in ("download", "split", "average_faces", "train", "evaluate"):
-        assert f"Running stage '{stage}'" in result.stdout
-    return folder
+        assert f"Running stage '{stage}'" in reproduced.stdout
+    return reproduced.copy(tmp_path_factory.mktemp("pipeline") / "project")
 
 
 def read_json(path: Path) -> dict:

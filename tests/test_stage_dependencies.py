@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, copy_project, run
-from tests.synthetic import make_archive
+from tests.conftest import REPO, Reproduced, run
 
 PACKAGES = ("agegap", "stages")
 ABSENT = {"deleted", "not in cache"}
@@ -288,16 +287,16 @@ def test_committed_lock_matches_the_code(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_editing_a_module_makes_exactly_its_importers_stale(tmp_path: Path) -> None:
+def test_editing_a_module_makes_exactly_its_importers_stale(
+    reproduced: Reproduced, tmp_path: Path
+) -> None:
     """Real DVC: after an edit of modules some stages import only through others, those
     stages, and no others, report them as changed dependencies.
 
     ``dvc commit`` cannot stand in for the run: it refuses a stage whose outputs do not
-    exist, so a small ``dvc repro`` writes the lock.
+    exist, so the lock comes from a real ``dvc repro``.
     """
-    archive = make_archive(tmp_path / "LAGdataset_100.zip", identities=30, per_class=2)
-    project = copy_project(tmp_path / "project", archive.path, epochs=1)
-    run(["dvc", "repro"], project)
+    project = reproduced.copy(tmp_path / "project")
     run(["git", "add", "dvc.lock"], project)
     (tmp_path / "clean").mkdir()
     assert lock_problems(project, tmp_path / "clean") == []
