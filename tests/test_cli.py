@@ -649,6 +649,7 @@ def test_missing_haar_cascade_is_one_line_error(
     assert status == 0 and rows[0]["face"] == FACE_NOT_SEARCHED
 
 
+@pytest.mark.slow
 def test_console_script_stderr_has_only_our_lines(tmp_path: Path, tiny_model: Path) -> None:
     """TensorFlow's start-up logging must not bury the one error line."""
     draw_face().save(tmp_path / "face.png")

@@ -202,6 +202,7 @@ def test_http_download_resumes_a_partial_file(tmp_path: Path, http_archive: str)
     assert len(_RangeHandler.requests_seen) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_real_archive(tmp_path: Path, real_archive: Path) -> None:
     report = download(params_for(real_archive), tmp_path)

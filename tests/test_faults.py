@@ -137,6 +137,7 @@ def test_full_disk_in_split_keeps_the_previous_split(
     assert hidden(project / "data") == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full_at", ["misclassified.png", "metrics.json"])
 def test_full_disk_in_evaluate_keeps_metrics_and_plots(
     project: Path, full_at: str, monkeypatch: pytest.MonkeyPatch,

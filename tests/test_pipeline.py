@@ -105,19 +105,11 @@ def test_exp_run_changes_only_training_and_metrics_diff_shows_it(project: Path) 
     assert {"Confusion matrix", "ROC", "Precision-recall"} <= set(plots)
 
 
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("activation=swishy", "activation='swishy' is invalid"),
-        ("dropout=1.5", "dropout=1.5 is invalid"),
-        ("kernel_size=0", "kernel_size=0 is invalid"),
-        ("conv_filters=[]", "conv_filters=[] is invalid"),
-    ],
-)
-def test_invalid_values_fail_before_training(project: Path, override: str, expected: str) -> None:
-    result = run(["dvc", "exp", "run", "-S", override], project, check=False)
+def test_an_invalid_value_fails_before_training(project: Path) -> None:
+    """End to end through DVC; every key's message is covered in tests/test_params.py."""
+    result = run(["dvc", "exp", "run", "-S", "activation=swishy"], project, check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert expected in output
+    assert "activation='swishy' is invalid" in output
     assert "Epoch 1/" not in output
     run(["git", "checkout", "--", "params.yaml"], project)

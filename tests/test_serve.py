@@ -378,6 +378,7 @@ def test_page_and_schema_need_nothing_from_the_internet(server: Server) -> None:
 # --- starting ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_missing_or_broken_model_stops_the_start_in_one_line(tmp_path: Path) -> None:
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"PK\x03\x04 not a keras archive")

@@ -105,6 +105,7 @@ def test_missing_raw_data_names_the_manifest(tmp_path: Path) -> None:
         split(Params(), tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_real_archive_identity_split_shares_no_identity(tmp_path: Path, real_archive: Path) -> None:
     download(Params(data_url=str(real_archive)), tmp_path)
