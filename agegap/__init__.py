@@ -1,7 +1,6 @@
 """agegap: tell old from young faces on the Large Age-Gap dataset, reproducibly.
 
-The package holds the library the DVC stages (``stages/``) and the Prefect flows
-(``flows/``) are built from; neither of those re-implements anything found here.
+The library that the DVC stages (``stages/``) and the Prefect flows (``flows/``) are built from.
 """
 
 import os

@@ -1,9 +1,6 @@
 """Annotated copies for ``agegap predict --annotate``: each face boxed and labelled.
 
-A user checking a folder of photos wants to see which face got which label, and
-whether the detector boxed a face at all; numbers in a table don't show that.
-Copies are written upright (EXIF rotation applied), so the boxes, whose coordinates
-are those of the upright image, land on the faces.
+Copies are written upright (EXIF rotation applied): the boxes are in upright-image pixels.
 """
 
 from __future__ import annotations
@@ -14,9 +11,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from agegap import CLASS_NAMES
 from agegap.predict import FACE_DETECTED, FACE_NONE, Prediction, Source
 
-COLOURS = {"old": (230, 120, 20), "young": (30, 170, 60)}
+COLOURS = dict(zip(CLASS_NAMES, ((230, 120, 20), (30, 170, 60)), strict=True))  # orange, green
 # Formats Pillow writes from RGB; anything else is written as PNG.
 WRITABLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

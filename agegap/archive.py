@@ -1,12 +1,6 @@
 """Safe extraction of zip and tar archives, and finding the LAG layout inside.
 
-An archive is untrusted input: a member named ``../../.bashrc`` or ``/etc/passwd``, or
-a link pointing outside, would write anywhere on disk (zip-slip). Every member is
-checked before a single byte is written.
-
-A member whose name cannot be a file here (over 255 bytes in one name) is not a reason
-to lose the other thousands: it is left out and returned, with its digest and why, for
-the manifest to record as excluded, like a file that does not decode.
+An archive is untrusted input: every member is checked before a byte is written.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Outputs that appear whole or not at all.
-
-A stage killed halfway (Ctrl-C, a bad image, a full disk) must not leave a
-half-written ``data/split`` or ``metrics.json`` that the next step or ``dvc commit``
-would take for real: everything is built beside its target and renamed into place.
+"""Outputs that appear whole or not at all: each is built beside its target and renamed
+into place, so a stage killed halfway leaves nothing half-written to be taken for real.
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
-"""The blog's Keras 2 augmentation, as one batched affine transform per batch.
+"""Training augmentation as one batched affine transform per batch, inside the model.
 
-``ImageDataGenerator(shear_range=0.2, zoom_range=0.2, horizontal_flip=True)`` meant:
-a shear angle uniform in ±0.2 **degrees**, a zoom factor drawn **independently per
-axis** in [0.8, 1.2], pixels outside filled with the nearest edge, and a horizontal
-flip half of the time. Keras 3's ``RandomShear(0.2)`` shears by about ±11 degrees
-and ``RandomZoom`` keeps the aspect ratio, so they are another augmentation, and
-they run per image outside XLA (far too slow on a GPU, docs/performance.md). Here all
-three are folded into one 2x3 matrix per image and applied to the whole batch with
-a single ``keras.ops.image.affine_transform`` call. On JAX it compiles into the
-model's XLA step; on TensorFlow it is one ``ImageProjectiveTransformV3`` op, which has
-no XLA kernel (so TensorFlow trains without XLA; on a CPU that is also the faster
-choice, see docs/performance.md), about 7 CPU-ms per batch of 16 on a 2-core CPU.
-
-The matrix follows Keras 2.0 as the blog ran it in 2017, in (row, col) order; later
-Keras 2 releases (keras-preprocessing 1.1, ``tf_keras``) swapped the axes, so their
-shear runs along the other axis. tests/test_augment.py compares both, pixel by pixel.
+The geometry reproduces the blog's Keras 2 ``ImageDataGenerator``; docs/design.md says how.
 """
 
 from __future__ import annotations
@@ -26,8 +12,10 @@ from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="agegap")
-class BlogAugmentation(keras.layers.Layer):
-    """Random shear (degrees), per-axis zoom and horizontal flip; active only in training.
+class RandomAugmentation(keras.layers.Layer):
+    """Random geometric and photometric changes of each training image; off at inference.
+
+    The blog's three: shear (degrees), per-axis zoom and horizontal flip.
 
     Beyond the blog, each off unless asked for: rotation, shift, a change of scale (onto
     a flat background where it zooms out), cutout, and the photometric changes
@@ -308,3 +296,7 @@ def affine_rows(
         b2 = b2 + shift_rows
     zeros = ops.zeros_like(a0)
     return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+# Models saved before the layer got its present name still load.
+keras.saving.get_custom_objects()["agegap>BlogAugmentation"] = RandomAugmentation

@@ -1,8 +1,6 @@
 """One network call for the crops of many concurrent requests.
 
-A Keras call has a fixed cost per call that dwarfs one 100x100 image, so a server that
-called the model once per request would spend its time in that overhead. Requests
-queue their crops here; while the model works on one batch the next one gathers.
+A Keras call's fixed cost dwarfs one small image, so requests queue their crops here.
 """
 
 from __future__ import annotations

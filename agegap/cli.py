@@ -11,9 +11,8 @@ from pathlib import Path
 
 from agegap import __version__
 from agegap.errors import exits_cleanly
+from agegap.layout import MODEL_PATH
 from agegap.params import project_tta_flip
-
-DEFAULT_MODEL = Path("models/model.keras")
 
 _DESCRIPTION = """\
 Tell old from young faces with the model trained by `dvc repro`.
@@ -246,8 +245,8 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        default=DEFAULT_MODEL,
-        help=f"the trained Keras model (default: {DEFAULT_MODEL}, written by `dvc repro`)",
+        default=MODEL_PATH,
+        help=f"the trained Keras model (default: {MODEL_PATH}, written by `dvc repro`)",
     )
     parser.add_argument(
         "--tta-flip",

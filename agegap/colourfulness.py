@@ -1,7 +1,5 @@
-"""How colourful an image is, to tell black-and-white photographs from colour ones.
-
-LAG's childhood pictures are often scanned black-and-white prints; scores on the
-grayscale and colour subsets show whether a model judges the face or the film.
+"""How colourful an image is, to tell black-and-white photographs from colour ones: scores
+on each subset show whether a model judges the face or the film.
 """
 
 from __future__ import annotations

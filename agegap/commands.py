@@ -1,9 +1,6 @@
-"""What ``agegap predict`` and ``agegap score`` do, given parsed arguments.
+"""What ``agegap predict``, ``score`` and ``serve`` do, given parsed arguments.
 
-Both load the model with :func:`agegap.model.load_trained_model` and run it through
-:func:`agegap.scoring.predict_probabilities`; ``score`` then calls
-:func:`agegap.scoring.score_predictions`, exactly as the ``evaluate`` stage does, so
-the command and the stage cannot drift apart.
+``score`` runs :mod:`agegap.scoring`, the ``evaluate`` stage's own code, so the two agree.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ if TYPE_CHECKING:
 def _native_stderr_silenced() -> Iterator[None]:
     """Send what C++ writes to file descriptor 2 to /dev/null for the duration.
 
-    TensorFlow 2.21 logs half a dozen lines (oneDNN, CUDA drivers, CPU features)
+    TensorFlow logs half a dozen lines (oneDNN, CUDA drivers, CPU features)
     through absl while it starts, whatever ``TF_CPP_MIN_LOG_LEVEL`` says; they would
     bury the one line a user needs. Set ``AGEGAP_DEBUG=1`` to see them.
     """

@@ -1,8 +1,4 @@
-"""The split images as in-memory arrays, and the training batch stream.
-
-LAG decodes to about 115 MB, so every split is decoded once with Pillow into uint8
-arrays; batches are numpy slices of those, the same on every Keras backend.
-"""
+"""The split images as in-memory uint8 arrays, and the seeded stream of training batches."""
 
 from __future__ import annotations
 
@@ -17,16 +13,16 @@ import numpy as np
 from agegap import CLASS_NAMES
 from agegap.errors import AgegapError
 from agegap.images import DECODE_THREADS, load_many
-from agegap.split_manifest import SPLIT_DIR, read_split
+from agegap.layout import SPLIT_DIR, SPLIT_MANIFEST
+from agegap.split_manifest import read_split
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images ``(n, size, size, 3)`` uint8, labels ``(n,)`` float32 (1 = young), and paths."""
+    """Images ``(n, size, size, 3)`` uint8 and labels ``(n,)`` float32 (1 = young)."""
 
     images: np.ndarray
     labels: np.ndarray
-    paths: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -37,11 +33,11 @@ def load_split(split: str, image_size: int, root: Path = Path(".")) -> ImageSet:
     manifest = read_split(root)
     rows = manifest[manifest["split"] == split]
     if rows.empty:
-        raise AgegapError(f"{root / SPLIT_DIR / 'manifest.csv'}: the {split} split is empty")
+        raise AgegapError(f"{root / SPLIT_MANIFEST}: the {split} split is empty")
     paths = tuple(rows["split_path"])
     images = load_many([root / SPLIT_DIR / p for p in paths], image_size)
     labels = (rows["label"].to_numpy() == CLASS_NAMES[1]).astype(np.float32)
-    return ImageSet(images, labels, paths)
+    return ImageSet(images, labels)
 
 
 def load_folder(
@@ -81,7 +77,7 @@ def load_folder(
     else:
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             images = np.stack(list(pool.map(loader, paths)))
-    return ImageSet(images, np.asarray(labels, np.float32), tuple(str(p) for p in paths))
+    return ImageSet(images, np.asarray(labels, np.float32))
 
 
 def batch_order(size: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
@@ -143,8 +139,8 @@ def training_stream(
 
     Under TensorFlow the same batches come from a ``tf.data`` pipeline that gathers them
     from the arrays inside the runtime: a Python generator costs a ``PyFunc`` call per
-    batch, which holds the GIL and one of two CPU cores for over a millisecond, about 7%
-    of a training step here (docs/performance.md). Other backends read the generator.
+    batch, which holds the GIL and a CPU core (docs/performance.md). Other backends read
+    the generator.
     """
     import keras
 

@@ -1,10 +1,6 @@
-"""Finding faces in a photo and cropping them the way LAG frames its faces.
+"""Finding faces in a photo (OpenCV's Haar cascade) and cropping them as LAG frames faces.
 
-The network was trained on LAG crops, which show the whole head (hair, chin, a bit
-of background), not the tighter box a face detector returns. A photo's
-face is therefore found with OpenCV's Haar cascade (shipped with OpenCV, no model to
-download) and the detector's box is widened to a square head crop before resizing,
-so the network sees what it was trained on.
+The network learnt LAG's whole-head crops, so the detector's tighter box is widened first.
 """
 
 from __future__ import annotations
@@ -21,22 +17,14 @@ from agegap.errors import AgegapError
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
-# LAG's framing, measured: on 584 of 600 LAG images (random, seed 0) the cascade
-# found a face; the image's side was 1.47 times the detector's box (10th-90th
-# percentile 1.35-1.56), with the box's centre 0.445 of the side from the top: the
-# crop reaches further below the face (chin, neck) than above it, by 8% of the box.
-# Checked with a trained model on the 1,200 validation faces pasted at random into
-# larger pictures (the crops themselves: 88.5%): a margin of 1.35 scored 85.7%, 1.45
-# 84.6%, 1.25-1.3 no better and 1.6 clearly worse; a drop of 0.08 beat 0.04 and 0.12,
-# and 0 lost 20 points. Hence 1.35, the tight end of LAG's range, and 0.08.
-HEAD_MARGIN = 1.35
-HEAD_DROP = 0.08  # of the box's height
+# LAG's crops show the whole head, with more chin than forehead (measured: docs/predict.md).
+HEAD_MARGIN = 1.35  # the square crop's side, in detector-box sides
+HEAD_DROP = 0.08  # of the box's height, the crop's centre below the box's
 
 # Detection on a smaller copy: a 12-megapixel photo takes seconds at full size, and
 # the cascade's smallest window (24 px) is still far below a face's size at 800 px.
 DETECT_MAX_SIDE = 800
-# Window growth between scans: on 300 LAG images 1.15 finds as many faces as OpenCV's
-# usual 1.1 (292 vs 291) in half the time; 1.2 found 290.
+# Window growth between scans: as many faces as OpenCV's usual 1.1 in half the time.
 SCALE_STEP = 1.15
 MIN_FACE_FRACTION = 0.08  # of the shorter side: smaller "faces" are texture, not people
 

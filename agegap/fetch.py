@@ -1,8 +1,6 @@
 """Get the LAG archive from a URL or a local path, verified and never half-written.
 
-The official archive sits on a university web server that is slow, sometimes down,
-and unreachable from offline machines, so the download resumes, retries with
-backoff, and fails with one line that says how to use a local copy instead.
+Downloads resume and retry, and fail with one line that says how to use a local copy.
 """
 
 from __future__ import annotations
@@ -26,13 +24,13 @@ from agegap.errors import AgegapError
 DOWNLOAD_CACHE = Path("data/downloads")
 CHUNK_BYTES = 1 << 20
 RETRIES = 3
-BACKOFF_S = 1.0  # then 2 s, 4 s: an offline machine hears back in about 7 s
+BACKOFF_S = 1.0  # doubled after each failed try
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 
 
 def sha256_of_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (the archive is ~70 MB)."""
+    """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         while chunk := stream.read(CHUNK_BYTES):

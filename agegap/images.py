@@ -1,7 +1,6 @@
 """Decoding images with Pillow into the uint8 arrays every stage works on.
 
-LAG is small (3,816 images of 100x100x3, about 115 MB decoded), so stages decode it
-once into memory rather than streaming from disk on every epoch.
+LAG is small, so stages decode it once into memory rather than stream it every epoch.
 """
 
 from __future__ import annotations

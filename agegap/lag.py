@@ -1,8 +1,6 @@
-"""The LAG layout, read into a manifest: one row per file, decoded or excluded with a reason.
+"""The LAG layout read into a manifest: one row per file, decoded or excluded with a reason.
 
-Layout: ``<identity>/<file>`` are the adult ("old") photos of a person and
-``<identity>/y/<file>`` the child ("young") ones. Nothing is silently dropped: a file
-that does not decode stays in the manifest with ``status=excluded`` and the reason.
+``<identity>/<file>`` are a person's adult ("old") photos, ``<identity>/y/<file>`` the child's.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from agegap.archive import Unwritten
-from agegap.images import UndecodableImageError, inspect_image
+from agegap.images import DECODE_THREADS, UndecodableImageError, inspect_image
 
 MANIFEST_COLUMNS = [
     "path",
@@ -85,7 +83,7 @@ def scan_lag(
     files = sorted(p for p in root.rglob("*") if p.is_file())
     outside = [p.relative_to(root).as_posix() for p in files if len(p.relative_to(root).parts) < 2]
     inside = [p for p in files if len(p.relative_to(root).parts) >= 2]
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         rows = list(pool.map(lambda f: _describe(f, root, path_prefix), inside))
     for member in unwritten:
         if len(member.path.parts) < 2:

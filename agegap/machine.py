@@ -1,6 +1,6 @@
-"""The CPU this process runs on, read once from /proc/cpuinfo: benchmarks name it with
-every figure, and ``precision: auto`` asks it what the hardware multiplies natively.
-Kept free of Keras so that scripts can name the machine without importing a backend."""
+"""The CPU this process runs on, read once from /proc/cpuinfo: benchmarks name it, and
+``precision: auto`` asks it what the hardware multiplies natively. Free of Keras, so that
+scripts can name the machine without importing a backend."""
 
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
 """The blog's convolutional network, built from the flat hyperparameters.
 
-Blocks of Conv2D -> activation -> MaxPool(2), then Flatten -> Dense -> ReLU ->
-Dropout -> Dense(1, sigmoid). Where the activation is monotonic (ReLU, leaky ReLU) the
-block pools *before* activating: max and a non-decreasing function commute, so outputs
-and gradients are the same numbers, and the activation and its gradient touch a quarter
-of the values (on a CPU the first block's ReLU gradient alone was 12% of a training
-step, see docs/performance.md). PReLU's learned slope may turn negative, so it keeps
-the blog's order. The input is the raw uint8 image: augmentation and
-``Rescaling(1/255)`` live inside the model, so training, validation, test and
-``agegap predict`` cannot disagree on preprocessing (the blog's test generator forgot
-``rescale``, which is where its test losses of 1.4 to 2.7 came from).
+The input is the raw uint8 image: augmentation and rescaling live inside the saved model.
 """
 
 from __future__ import annotations
@@ -21,7 +12,7 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from agegap.augment import BlogAugmentation, luma
+from agegap.augment import RandomAugmentation, luma
 from agegap.errors import AgegapError
 from agegap.params import Params
 
@@ -68,7 +59,7 @@ def build_model(params: Params) -> keras.Model:
     size = params.image_size
     seeds = _weight_seeds(params)
     inputs = keras.Input(shape=(size, size, 3), dtype="uint8", name="image")
-    x = BlogAugmentation(
+    x = RandomAugmentation(
         shear_degrees=params.augment_shear_degrees,
         zoom=params.augment_zoom,
         flip=params.augment_flip,

@@ -1,8 +1,6 @@
 """Which experiment a model file is: its hash, the params that trained it, its test metrics.
 
-A server shows this so a user can tell which `dvc exp` is answering. The params and
-metrics come from the project's ``dvc.lock`` and ``metrics.json`` only when the file's
-hash is the one ``dvc.lock`` recorded: figures of another model would mislead.
+Params and metrics come only when ``dvc.lock`` records this very file: others' would mislead.
 """
 
 from __future__ import annotations
@@ -14,8 +12,9 @@ from typing import Any
 
 import yaml
 
+from agegap.layout import METRICS
+
 LOCK_FILE = "dvc.lock"
-METRICS_FILE = "metrics.json"
 
 
 def file_hashes(path: Path) -> tuple[str, str]:
@@ -88,7 +87,7 @@ def model_identity(model_path: Path) -> dict[str, Any]:
         )
         identity["metrics"] = _test_metrics(stages, root, model, md5)
         if identity["metrics"] is None:
-            identity["note"] = f"no {METRICS_FILE} recorded for this model"
+            identity["note"] = f"no {METRICS} recorded for this model"
         return identity
     identity["note"] = f"{LOCK_FILE} records no such model file: params and metrics unknown"
     return identity
@@ -96,7 +95,7 @@ def model_identity(model_path: Path) -> dict[str, Any]:
 
 def _test_metrics(stages: dict[str, Any], root: Path, model: Path, md5: str) -> dict | None:
     """``metrics.json`` when a locked stage computed it from this model file, unchanged since."""
-    metrics = (root / METRICS_FILE).resolve()
+    metrics = (root / METRICS).resolve()
     for stage in stages.values():
         recorded = _recorded(stage.get("outs"), root, metrics)
         if recorded is None or _recorded(stage.get("deps"), root, model) != md5:

@@ -1,17 +1,7 @@
 """A stage whose ``dvc repro`` was killed stops, instead of training on as an orphan.
 
-``kill -9`` of ``dvc repro`` cannot be passed on, so the stage it started lives on. Its
-work is lost anyway (DVC writes ``dvc.lock`` after the command returns, and that DVC is
-gone), yet it keeps writing ``models/`` and ``dvclive/`` while the next ``dvc repro``
-trains into the same files. So a stage run by DVC watches the DVC process that started
-it and, when it dies, interrupts itself as Ctrl-C would (partial outputs are cleaned).
-
-Why a watching thread and not ``prctl(PR_SET_PDEATHSIG)``: DVC starts commands through
-``$SHELL -c``; a shell that does not exec its command (fish, older dash) stays between
-and outlives DVC, so the parent's death would never be signalled. Why only under DVC
-(``DVC_STAGE`` set): a training started by hand with ``nohup`` is meant to outlive its
-shell. The ancestry is read from Linux's ``/proc``; elsewhere only the parent is watched.
-"""
+Under DVC a thread watches the DVC process that started the stage and, when it dies,
+interrupts the stage as Ctrl-C would (docs/design.md says why this way)."""
 
 from __future__ import annotations
 

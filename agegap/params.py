@@ -1,11 +1,5 @@
-"""One typed, validated view of ``params.yaml``.
-
-Every stage reads its hyperparameters through :func:`load_params`, so names, types,
-allowed values and error messages agree everywhere, and a bad ``dvc exp run -S``
-fails before any work starts, with one line naming the key, the value and what is
-allowed. :class:`Params` is the one schema: each key's type, bounds, default and
-meaning live in its ``Field``; the error messages, the unknown-key check and the
-README's table (``python -m agegap.params --markdown``) are all derived from it.
+"""One typed, validated view of ``params.yaml``: :class:`Params` is the one schema, from
+which every stage, every error message and the README's parameter table are derived.
 """
 
 from __future__ import annotations
@@ -80,12 +74,8 @@ PositiveInts = Annotated[
 class Params(BaseModel):
     """All hyperparameters, flat like ``params.yaml``; defaults are the `cutout` recipe.
 
-    That is the blog's best network and training (5x5, 32-32-64, dropout 0.1, adam,
-    batch 16, its shear/zoom/flip) plus cutout: the one lever that gained on every seed
-    of both split strategies under the protocol of ``bench/accuracy.py``, at no cost in
-    time (reports/accuracy.md says why it won over batch norm). The other levers stay
-    off by default. The blog's recipe alone is the ``dropout-0.1`` row of
-    experiments.yaml and the ``blog`` recipe of bench/accuracy_recipes.yaml.
+    That is the blog's best network and training plus cutout (reports/accuracy.md says
+    why cutout); the other accuracy levers are off by default.
 
     Strict on purpose: ``true`` is not an integer, ``"0.1"`` is not a number, and an
     unknown key (a typo such as ``droput``) is refused rather than trained as the
@@ -141,7 +131,7 @@ class Params(BaseModel):
     kernel_size: int = Field(5, ge=1, description="convolution kernel side")
     padding: Padding = Field("same", description="convolution padding")
     activation: Activation = Field(
-        "relu", description="`prelu` shares its slope across space"
+        "relu", description="activation of each conv block; `prelu` shares its slope across space"
     )
     leaky_relu_slope: float = Field(
         0.001, ge=0.0, lt=1.0, description="negative slope of `leaky_relu`"
@@ -150,8 +140,8 @@ class Params(BaseModel):
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the output")
     batch_norm: bool = Field(
         False,
-        description="*accuracy lever*: batch normalisation after each convolution (3x the CPU "
-        "time per epoch)",
+        description="*accuracy lever*: batch normalisation after each convolution (slower "
+        "epochs)",
     )
     # training
     optimizer: Optimizer = Field("adam", description="the optimizer")
@@ -229,8 +219,8 @@ class Params(BaseModel):
     )
     lr_schedule: LrSchedule = Field(
         "constant",
-        description="`constant` (the blog), or *accuracy lever*: `cosine` decay of "
-        "`learning_rate` to 0 over all epochs",
+        description="*accuracy lever*: `cosine` decays `learning_rate` to 0 over all epochs; "
+        "`constant` keeps it (the blog)",
     )
     weight_decay: float = Field(
         0.0, ge=0.0, le=1.0,
@@ -253,7 +243,8 @@ class Params(BaseModel):
     )
     precision: Precision = Field(
         "auto",
-        description="`auto`: bfloat16 where the CPU has AMX or on a GPU, float32 elsewhere",
+        description="numeric precision; `auto`: bfloat16 on a GPU or on a CPU with AMX under "
+        "TensorFlow, float32 elsewhere",
     )
     deterministic: bool = Field(
         True,

@@ -1,10 +1,6 @@
 """The trained model on arbitrary photos: which files, which crops, one batched inference.
 
-``agegap predict`` and ``agegap score --detect-faces`` both go through here. Files
-are decoded and searched for faces on a thread pool (Pillow and OpenCV release the
-GIL), then every crop of a chunk of files goes through the network in one call of
-:func:`agegap.scoring.predict_probabilities`, the function the ``evaluate`` stage
-uses: per-image calls would spend more time in Keras' overhead than in the network.
+Shared by ``agegap predict``, ``agegap score --detect-faces`` and ``agegap serve``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Robustness probes: the test faces changed in ways that change no one's age.
-
-A model that judges the face scores about the same on each probe as on the clean
-images; one that judges the photograph (colour film or old print, tight or loose crop)
-does not. Every probe is a fixed transform, so its scores are as reproducible as the
-clean ones.
+"""Robustness probes: the test faces changed in fixed ways that change no one's age, so a
+model that judges the face, not the photograph, scores about the same on each.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """What ``agegap predict`` and ``agegap score`` print: tables for people, JSON and CSV for scripts.
 
-Machine formats keep full float precision (``repr``), so a script that parses them
-gets exactly the numbers the model produced.
+Machine formats keep full float precision (``repr``): scripts get the model's exact numbers.
 """
 
 from __future__ import annotations

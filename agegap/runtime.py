@@ -56,10 +56,9 @@ def choose_precision(requested: str) -> tuple[str, str]:
     """The precision policy for ``requested``, and why, in words recorded with the run.
 
     ``auto`` means bfloat16 where the hardware and the backend make it fast: any GPU,
-    or a CPU with AMX under TensorFlow, whose oneDNN kernels run bf16 convolutions on the
-    AMX tiles (about 1.9x float32 for this network). XLA's CPU backend (JAX, or
-    TensorFlow with ``jit_compile=True``) has no such kernels, so ``auto`` stays float32
-    on a CPU under other backends (docs/performance.md has the measurements).
+    or a CPU with AMX under TensorFlow (oneDNN runs bf16 convolutions on the AMX tiles).
+    XLA's CPU backend (JAX, or TensorFlow with ``jit_compile=True``) has no such kernels,
+    so ``auto`` stays float32 on a CPU under other backends (docs/performance.md).
     """
     if requested != "auto":
         return requested, "set in params.yaml"

@@ -1,16 +1,11 @@
 """``agegap serve``: the trained model behind a web page and an HTTP API.
 
-Each upload goes through ``agegap predict``'s own steps (:func:`agegap.predict.prepare`
-decodes, finds faces and crops; :func:`agegap.scoring.predict_probabilities` scores;
-:func:`agegap.predict.prediction_rows` labels), so the page, the API and the command
-give the same numbers. Crops of concurrent requests share model calls
-(:class:`agegap.batching.MicroBatcher`).
+Uploads go through ``agegap predict``'s own steps, so the page, the API and the command agree.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -29,15 +24,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agegap.batching import MicroBatcher
-from agegap.images import MAX_PIXELS
+from agegap.images import DECODE_THREADS, MAX_PIXELS
 from agegap.model_identity import model_identity
 from agegap.predict import FACE_DETECTED, Prepared, Source, input_size, prediction_rows, prepare
 from agegap.report import prediction_dict
 from agegap.scoring import PREDICT_BATCH, predict_probabilities
 from agegap.serve_settings import MB, ServeSettings
-
-# Threads that decode and search uploads at once (Pillow and OpenCV release the GIL).
-_DECODE_THREADS = min(8, (os.cpu_count() or 1) * 2)
 
 # agegap.images' one-line reasons, mapped to the HTTP status each deserves.
 _STATUS_BY_REASON = (
@@ -163,7 +155,7 @@ def create_app(model: Any, model_path: Path, settings: ServeSettings | None = No
         max_images=PREDICT_BATCH,
         max_wait_s=settings.batch_wait_s,
     )
-    decoders = ThreadPoolExecutor(max_workers=_DECODE_THREADS, thread_name_prefix="agegap-decode")
+    decoders = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="agegap-decode")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,10 +1,6 @@
-"""Assigning images to train / validation / test without leaks.
+"""Assigning images to train / validation / test without leaks between them.
 
-Images are first grouped into units that must not be separated: exact copies of one
-image (same bytes) always, and with ``split_strategy=identity`` every photo of one
-person. Units are then dealt, in a seeded random order, to the splits in turn, each
-taking a unit only while it does not overshoot the split's per-class quota, so the
-counts come out exact wherever the data allows.
+Units that must stay together (exact copies; a person, under ``identity``) are dealt in turn.
 """
 
 from __future__ import annotations
@@ -16,6 +12,7 @@ import pandas as pd
 
 from agegap import CLASS_NAMES
 from agegap.errors import AgegapError
+from agegap.layout import RAW_MANIFEST
 
 SPLITS = ("train", "validation", "test")
 UNUSED = "unused"
@@ -131,7 +128,7 @@ def assign_splits(
         remaining = left_over
         if split != "test" and any(filled[c] < quota for c in CLASS_NAMES):
             raise AgegapError(
-                f"data/raw/manifest.csv: too few images for {split}_per_class={quota} with "
+                f"{RAW_MANIFEST}: too few images for {split}_per_class={quota} with "
                 f"split_strategy={strategy}{f' and cv_folds={folds}' if folds else ''} "
                 f"(could fill {filled}); lower train_per_class / validation_per_class or "
                 "use more data"

@@ -1,10 +1,4 @@
-"""One training run: the blog's ``fit`` with its best-epoch checkpoint, logged by DVCLive.
-
-The model kept is the epoch with the highest ``val_accuracy``, as the blog's
-``ModelCheckpoint(monitor='val_acc', save_best_only=True)`` did. Keras only *warns*
-about a monitor name it does not know and then saves every epoch, so the name is
-checked here against the metrics the model really logs.
-"""
+"""One training run: ``fit`` with the blog's best-epoch checkpoint, logged by DVCLive."""
 
 from __future__ import annotations
 
@@ -60,7 +54,7 @@ class TrainingResult:
 _RUN_FIELDS = ("steps_per_epoch", "seconds_per_epoch", "train_images_per_second", "history")
 
 
-class _EpochTimer(keras.callbacks.Callback):
+class EpochTimer(keras.callbacks.Callback):
     """Wall time of each epoch's training part and of the whole epoch."""
 
     def __init__(self) -> None:
@@ -159,8 +153,8 @@ def train_model(
     ``execution_steps`` overrides :func:`steps_per_execution` (1 = Keras' default loop).
     ``jit_compile="auto"`` lets Keras decide: XLA on JAX; on TensorFlow, Keras leaves it
     off on a CPU and whenever op determinism is on (``ImageProjectiveTransformV3`` has no
-    XLA kernel anyway), which is also the fast choice on a CPU (XLA CPU does not use oneDNN/AMX: in
-    bfloat16 it was about 10x slower per step than oneDNN, see docs/performance.md).
+    XLA kernel anyway), which is also the fast choice on a CPU: XLA's CPU backend does not use
+    oneDNN (docs/performance.md).
     """
     steps = steps_per_epoch(params, len(train))
     model = build_model(params)
@@ -171,7 +165,7 @@ def train_model(
         jit_compile=jit_compile,
         steps_per_execution=execution_steps or steps_per_execution(steps),
     )
-    timer = _EpochTimer()
+    timer = EpochTimer()
     checkpoint = keras.callbacks.ModelCheckpoint(
         str(model_path), monitor=MONITOR, mode="max", save_best_only=True, verbose=0
     )

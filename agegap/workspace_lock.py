@@ -1,17 +1,5 @@
-"""One training at a time per workspace: an exclusive lock that the kernel frees.
-
-Two trainings in one workspace write the same ``models/``, ``dvclive/`` and
-``train_metrics.json``, and what is left is a mix of both. It happens when ``dvc repro``
-is killed and its training lives on, or when a stage is also run by hand.
-
-Why ``fcntl.flock`` and not a PID file: a process killed with ``kill -9`` cannot clean up,
-and a PID file it left would block every later run until someone deleted it. The kernel
-drops a flock when its holder dies, however it dies, so this lock never goes stale.
-
-Why wait, then refuse: a training that lost its ``dvc repro`` stops within seconds
-(:mod:`agegap.orphans`), and the next run should just follow it; a training that is
-still busy after :data:`WAIT_S` is real work a user started, so the second one stops
-with one line naming it rather than hanging behind it for hours.
+"""One training at a time per workspace, so two never write the same outputs: an exclusive
+``flock`` that the kernel frees when its holder dies (docs/design.md says why).
 """
 
 from __future__ import annotations

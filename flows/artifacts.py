@@ -1,14 +1,6 @@
 """The Prefect artifacts a pipeline run publishes: what the UI shows about its results.
 
-- ``agegap-metrics``: a table of the test metrics (``metrics.json``);
-- ``agegap-stages``: a table of what DVC did with each stage (ran / restored / skipped);
-- ``agegap-metrics-diff``: ``dvc metrics diff`` of the workspace against a commit;
-- ``agegap-plots`` and ``agegap-plot-<file>``: links to the rendered DVC plots and images.
-
-Images are published as links, not image artifacts: Prefect's UI can only embed an
-image from a public URL, and these plots show real faces that must stay local (the
-LAG licence forbids redistribution). Keys are lowercase with dashes, as Prefect
-requires for artifacts that show on the Artifacts page.
+Plots are published as links to local files, never embedded: they show real faces.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """Running DVC from the flows: subprocesses, one at a time per workspace.
 
-Why a subprocess rather than DVC's Python API: a stage's output (Keras progress,
-the stages' one-line errors) must stream line by line into the Prefect log, a stage
-must be killable when it overruns its timeout, and DVC's in-process state must not
-leak between flow runs sharing one Python process.
-
-Why a lock: two DVC commands in one workspace crash each other ("'…' is busy",
-``NoneType`` errors in ``dvc exp run``). Every flow run takes the workspace's file
-lock before its first DVC command, so a second run waits instead of crashing the
-first. The kernel frees it when its holder dies, even by ``kill -9``; what such a run
-left running is stopped by the next one (:mod:`flows.leftovers`).
-
-Why a stage DVC said nothing recognisable about counts as ``ran``: only DVC's own
-"didn't change, skipping" makes it ``skipped``. A run wrongly called skipped hides work
-that changed the workspace; one wrongly called ran costs nothing.
+Why a subprocess, a lock, and "ran" as the default outcome: docs/orchestration.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """The blog's hyperparameter study as one command: DVC experiments, repeats, a report.
 
-Each row of ``experiments.yaml`` x each repeat is queued as a named DVC experiment
-(``dvc exp run --queue -n <name> -S ...``), the queue runs with N parallel workers
-(``dvc queue start -j N``), and the results are read back with ``dvc.api.exp_show``.
-Why repeats: the test split has ~220 images, so one run's test accuracy has a standard
-error of about ±2.2 points; single runs cannot rank rows that differ by 1-3 points.
-Each repeat changes both seeds (split and training), so the spread includes the luck
-of the split.
-
-Command line::
-
-    python -m flows.experiments [--rows baseline,adam] [--repeats K] [--epochs E] [--jobs N]
+Usage: ``python -m flows.experiments [--rows baseline,adam] [--repeats K] [--epochs E] [--jobs N]``.
 """
 
 from __future__ import annotations
@@ -476,13 +466,9 @@ def study(
     return table
 
 
+@exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m flows.experiments``; bad input is one line and exit 1."""
-    return _main(argv)
-
-
-@exits_cleanly
-def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.experiments", description=__doc__.splitlines()[0]
     )

@@ -1,17 +1,6 @@
 """The DVC commands a killed flow run left behind: recorded while they run, stopped later.
 
-A flow run starts each DVC command in a process group of its own, so that a timeout
-stops the command and the stage under it together. When the flow run itself is killed
-(``kill -9``, the OOM killer), nothing stops that group: DVC runs on with nobody reading
-its output, holding DVC's locks on the stage's files, and the next flow run on the
-workspace fails on them ("… is busy") or trains beside it. So each command is recorded
-under ``.dvc/tmp`` while it runs, and the next flow run, once it holds the workspace
-lock, stops every recorded group whose flow run is gone.
-
-Why stop them rather than wait: their output reaches no log and no timeout bounds them,
-and the stage they run fails at its next printed line anyway (the pipe it writes to has
-no reader). Nothing finished is lost: DVC records each stage in ``dvc.lock`` as it ends,
-so the next run redoes only the stage that was cut short.
+The next flow run on the workspace stops them once it holds the lock (docs/orchestration.md).
 """
 
 from __future__ import annotations

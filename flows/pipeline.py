@@ -1,14 +1,6 @@
 """The ``agegap-pipeline`` flow: the DVC stages as Prefect tasks, and a CLI to run or serve it.
 
-DVC decides what is up to date; this flow asks it, stage by stage in the order of
-``dvc.yaml``'s graph, with Prefect's retries (download), per-stage timeouts, logs and
-artifacts around each call. With ``overrides`` the run becomes a named DVC
-experiment (``dvc exp run -n <name> -S key=value``), so every such run is versioned.
-
-Command line::
-
-    python -m flows.pipeline run [--workspace .] [--overrides JSON] [--name EXP]
-    python -m flows.pipeline serve [--cron "0 3 * * *" | --interval SECONDS] [--overrides JSON]
+``python -m flows.pipeline run`` runs it once, ``serve`` on a schedule (docs/orchestration.md).
 """
 
 from __future__ import annotations
@@ -53,7 +45,7 @@ METRICS_FILE = "metrics.json"
 RETRIED_STAGES = frozenset({"download"})
 DOWNLOAD_PARAMS = frozenset({"data_url", "data_sha256"})
 RETRY_BACKOFF_SECONDS = 10.0
-# Generous bounds that still catch a hung stage; training 100 epochs on 2 cores fits.
+# Generous bounds that still catch a hung stage.
 STAGE_TIMEOUTS_S: dict[str, float] = {"download": 3600.0, "train": 12 * 3600.0}
 DEFAULT_STAGE_TIMEOUT_S = 3600.0
 
@@ -142,10 +134,7 @@ def pipeline(
     logger = get_run_logger()
     root = workspace_root(workspace)
     # Fail before any work: the same validation, and message, as the train stage.
-    if overrides is None:
-        validate_overrides(root, {})
-    else:
-        validate_overrides(root, overrides)
+    validate_overrides(root, {} if overrides is None else overrides)
     timeouts = {**STAGE_TIMEOUTS_S, **(stage_timeouts or {})}
     with workspace_lock(root, on_wait=logger.info):
         stages = stage_order(root)

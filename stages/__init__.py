@@ -1,7 +1,6 @@
-"""DVC stages, one module each, named after the stage in ``dvc.yaml``.
+"""DVC stages, one module each, named after its stage in ``dvc.yaml`` (``python -m stages.<name>``).
 
-Each module exposes a plain function named after its stage (what the tests call)
-and a ``main()`` that ``dvc.yaml`` runs as ``python -m stages.<name>``.
+Each holds a plain function named after the stage, which the tests call, and a ``main()``.
 """
 
 import agegap  # noqa: F401  - sets TensorFlow's log level before any stage imports Keras

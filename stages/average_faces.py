@@ -1,9 +1,6 @@
-"""``average_faces`` stage: the blog's first look at the data.
+"""``average_faces`` stage: the mean face of each split and class, and sample grids.
 
-The pixel mean of each split and class (old faces come out darker and longer than
-young ones, and the three splits should look alike, or the split is biased), a 2x3
-figure of them, and 5x5 sample grids of train/old and train/young.
-Output: ``plots/average_faces/``, registered as image plots in ``dvc.yaml``.
+The blog's first look at the data: the three splits should look alike, or the split is biased.
 """
 
 from __future__ import annotations
@@ -22,9 +19,10 @@ from agegap import CLASS_NAMES
 from agegap.atomic import atomic_dir
 from agegap.errors import exits_cleanly
 from agegap.images import load_many
+from agegap.layout import SPLIT_DIR
 from agegap.params import Params, load_params
+from agegap.split_manifest import read_split
 from agegap.splitting import SPLITS
-from stages.split import SPLIT_DIR, read_split
 
 OUTPUT_DIR = Path("plots/average_faces")
 GRID_SIDE = 5

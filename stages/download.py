@@ -1,8 +1,6 @@
 """``download`` stage: the LAG archive, fetched or copied, extracted into ``data/raw/``.
 
-Output: ``data/raw/images/<identity>[/y]/<file>`` as in the archive, ``manifest.csv``
-(one row per file: identity, label, size, mode, SHA-256, decoded or excluded and why,
-duplicate of which file) and ``report.json`` (the counts).
+``manifest.csv`` says what became of every file of the archive; ``report.json`` counts them.
 """
 
 from __future__ import annotations
@@ -13,14 +11,15 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from agegap import CLASS_NAMES
 from agegap.archive import Unwritten, extract_archive, find_lag_root
 from agegap.atomic import atomic_dir, json_text, naming
 from agegap.errors import AgegapError, exits_cleanly
 from agegap.fetch import DOWNLOAD_CACHE, obtain_archive
 from agegap.lag import scan_lag
+from agegap.layout import RAW_DIR, RAW_MANIFEST
 from agegap.params import Params, load_params
 
-RAW_DIR = Path("data/raw")
 IMAGES_SUBDIR = "images"
 
 
@@ -38,8 +37,8 @@ def download(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         )
         if not (manifest["status"] == "ok").any():
             raise AgegapError(f"{archive.name}: no image in the archive could be decoded")
-        with naming(staging / "manifest.csv"):
-            manifest.to_csv(staging / "manifest.csv", index=False, encoding="utf-8")
+        with naming(staging / RAW_MANIFEST.name):
+            manifest.to_csv(staging / RAW_MANIFEST.name, index=False, encoding="utf-8")
         report = _report(manifest, outside, params.data_url)
         with naming(staging / "report.json"):
             (staging / "report.json").write_text(json_text(report), encoding="utf-8")
@@ -64,7 +63,7 @@ def _report(manifest: Any, outside: list[str], url: str) -> dict[str, Any]:
         "source": url,
         "files": len(manifest),
         "identities": int(decoded["identity"].nunique()),
-        "decoded": {label: int((decoded["label"] == label).sum()) for label in ("old", "young")},
+        "decoded": {label: int((decoded["label"] == label).sum()) for label in CLASS_NAMES},
         "excluded": len(excluded),
         "excluded_files": [
             {"path": row.path, "reason": row.reason} for row in excluded.itertuples()

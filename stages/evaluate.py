@@ -23,13 +23,12 @@ from agegap import DECISION_THRESHOLD
 from agegap.atomic import atomic_dir, atomic_path, finite, json_text, naming
 from agegap.dataset import ImageSet, load_split
 from agegap.errors import AgegapError, exits_cleanly
+from agegap.layout import METRICS, MODEL_PATH, TRAIN_METRICS
 from agegap.model import load_trained_model
 from agegap.params import Params, load_params
 from agegap.probes import PROBES, apply_probe, robustness
 from agegap.scoring import label_names, predict_probabilities, score_predictions
-from stages.train import MODEL_PATH, TRAIN_METRICS
 
-METRICS_PATH = Path("metrics.json")
 PLOTS_DIR = Path("plots/evaluate")
 GALLERY_MAX = 40
 PROBE_EXAMPLES = 3  # test faces of each class shown under every probe
@@ -60,7 +59,7 @@ def evaluate(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     # metrics.json is staged before the plots and renamed into place after them, so a full
     # disk or an error in either leaves both as they were: never new plots beside old
     # metrics.
-    with atomic_path(root / METRICS_PATH) as staged_metrics:
+    with atomic_path(root / METRICS) as staged_metrics:
         staged_metrics.write_text(json_text(metrics, allow_nan=False), encoding="utf-8")
         with atomic_dir(root / PLOTS_DIR) as staging:
             tables = {**_curves(test, probabilities), "probes.csv": _probes(metrics)}
@@ -173,7 +172,7 @@ def main() -> None:
         f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
         f"ROC AUC {metrics['roc_auc'] or float('nan'):.4f} on {metrics['n_test']} images; "
         f"worst probe {metrics['robustness']['worst_probe']} "
-        f"{metrics['robustness']['worst_probe_accuracy']:.4f} -> {METRICS_PATH}",
+        f"{metrics['robustness']['worst_probe_accuracy']:.4f} -> {METRICS}",
         file=sys.stderr,
     )
 

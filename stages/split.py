@@ -1,8 +1,6 @@
 """``split`` stage: ``data/raw`` dealt into ``data/split/{train,validation,test}/{old,young}``.
 
-The folders are the blog's layout, browsable by eye (hard links to ``data/raw``,
-copies where links are not possible); ``manifest.csv`` records every decoded image's
-split and colourfulness, and ``report.json`` the counts and any leak between splits.
+The blog's folder layout, browsable by eye; ``manifest.csv`` records each image's split.
 """
 
 from __future__ import annotations
@@ -24,12 +22,10 @@ from agegap.colourfulness import GRAYSCALE_BELOW, colourfulness
 from agegap.errors import AgegapError, exits_cleanly
 from agegap.images import DECODE_THREADS, load_rgb
 from agegap.lag import read_manifest
+from agegap.layout import RAW_DIR, RAW_MANIFEST, SPLIT_DIR, SPLIT_MANIFEST
 from agegap.params import Params, load_params
-from agegap.split_manifest import SPLIT_DIR
-from agegap.split_manifest import read_split as read_split  # for average_faces
 from agegap.splitting import SPLITS, UNUSED, Quotas, assign_splits, split_report
 
-RAW_DIR = Path("data/raw")
 NAME_MAX = 255  # bytes in one file name on Linux file systems
 SPLIT_MANIFEST_COLUMNS = [
     "split", "label", "identity", "split_path", "path", "sha256", "colourfulness", "grayscale",
@@ -38,7 +34,7 @@ SPLIT_MANIFEST_COLUMNS = [
 
 def split(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     """Split the decoded images of ``root/data/raw`` and write ``root/data/split``."""
-    raw_manifest = root / RAW_DIR / "manifest.csv"
+    raw_manifest = root / RAW_MANIFEST
     if not raw_manifest.is_file():
         raise AgegapError(f"{raw_manifest}: missing; run the download stage first")
     manifest = read_manifest(raw_manifest)
@@ -68,9 +64,9 @@ def split(params: Params, root: Path = Path(".")) -> dict[str, Any]:
         for row in assigned[assigned["split"] != UNUSED].itertuples():
             _link_or_copy(root / RAW_DIR / row.path, staging / row.split_path)
         ordered = assigned.sort_values(["split", "label", "split_path", "path"], kind="stable")
-        with naming(staging / "manifest.csv"):
+        with naming(staging / SPLIT_MANIFEST.name):
             ordered[SPLIT_MANIFEST_COLUMNS].to_csv(
-                staging / "manifest.csv", index=False, encoding="utf-8", lineterminator="\n"
+                staging / SPLIT_MANIFEST.name, index=False, encoding="utf-8", lineterminator="\n"
             )
         with naming(staging / "report.json"):
             (staging / "report.json").write_text(json_text(report), encoding="utf-8")
@@ -104,7 +100,7 @@ def _split_paths(assigned: pd.DataFrame) -> list[str]:
     used = [path.casefold() for path in paths if path]
     if len(set(used)) != len(used):  # only a file named like a distinct name can cause it
         clash = next(path for path, n in Counter(used).items() if n > 1)
-        raise AgegapError(f"data/raw/manifest.csv: two images would both be {clash} in {SPLIT_DIR}")
+        raise AgegapError(f"{RAW_MANIFEST}: two images would both be {clash} in {SPLIT_DIR}")
     return paths
 
 

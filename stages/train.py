@@ -1,9 +1,6 @@
-"""``train`` stage: the blog's CNN on ``data/split/train``, best epoch kept.
+"""``train`` stage: the CNN trained on ``data/split/train``; the epoch best on validation is kept.
 
-Outputs: ``models/model.keras`` (the epoch with the best validation accuracy),
-``train_metrics.json`` (the best epoch and its scores), ``train_run.json`` (how the run
-went: speed, precision and why, the machine; not a metric, as it differs between
-reruns), DVCLive curves in ``dvclive/`` and TensorBoard logs in ``logs/``.
+``train_run.json`` records how the run went (speed, precision, machine): not a metric, as it varies.
 """
 
 from __future__ import annotations
@@ -22,14 +19,12 @@ from agegap import workspace_lock
 from agegap.atomic import atomic_path, write_json
 from agegap.dataset import load_split
 from agegap.errors import exits_cleanly
+from agegap.layout import MODEL_PATH, TRAIN_METRICS, TRAIN_RUN
 from agegap.orphans import stop_when_runner_dies
 from agegap.params import Params, load_params
 from agegap.runtime import configure
 from agegap.training import DVCLiveMetrics, train_model
 
-MODEL_PATH = Path("models/model.keras")
-TRAIN_METRICS = Path("train_metrics.json")
-TRAIN_RUN = Path("train_run.json")
 DVCLIVE_DIR = Path("dvclive")
 TENSORBOARD_DIR = Path("logs")
 

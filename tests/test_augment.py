@@ -1,9 +1,9 @@
-"""BlogAugmentation: the blog's Keras 2 ``ImageDataGenerator`` augmentation, batched.
+"""RandomAugmentation: the blog's Keras 2 ``ImageDataGenerator`` augmentation, batched.
 
 The reference is Keras 2's own ``apply_affine_transform`` (from ``tf_keras``), so the
 claim "same augmentation as the blog" is checked pixel by pixel, not argued.
 
-Findings these tests pin down (investigated for issue 6):
+Findings these tests pin down:
 
 * **Edges.** With ``fill_mode="nearest"`` and bilinear sampling, Keras 3's
   ``ops.image.affine_transform`` (TensorFlow's ``ImageProjectiveTransformV3``) and
@@ -26,6 +26,7 @@ Findings these tests pin down (investigated for issue 6):
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 
 import keras
@@ -33,7 +34,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from agegap.augment import BlogAugmentation, affine_rows
+from agegap.augment import RandomAugmentation, affine_rows
 from agegap.model import build_model
 from agegap.params import Params
 
@@ -96,7 +97,7 @@ def test_modern_tf_keras_is_the_transpose(image: np.ndarray) -> None:
 
 def test_identity_at_inference() -> None:
     batch = np.random.default_rng(1).integers(0, 256, (4, SIDE, SIDE, 3), dtype=np.uint8)
-    layer = BlogAugmentation(shear_degrees=10, zoom=0.3, seed=1)
+    layer = RandomAugmentation(shear_degrees=10, zoom=0.3, seed=1)
     out = ops.convert_to_numpy(layer(batch, training=False))
     np.testing.assert_array_equal(out, batch.astype(np.float32))
     assert not np.array_equal(ops.convert_to_numpy(layer(batch, training=True)), out)
@@ -106,7 +107,7 @@ def test_seeded() -> None:
     batch = np.random.default_rng(2).integers(0, 256, (8, SIDE, SIDE, 3), dtype=np.uint8)
 
     def run(seed: int) -> np.ndarray:
-        layer = BlogAugmentation(shear_degrees=5, zoom=0.2, seed=seed)
+        layer = RandomAugmentation(shear_degrees=5, zoom=0.2, seed=seed)
         return np.stack([ops.convert_to_numpy(layer(batch, training=True)) for _ in range(2)])
 
     first, again, other = run(7), run(7), run(8)
@@ -123,7 +124,7 @@ def test_shape_and_dtype(policy: str, dtype: str) -> None:
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:
-        layer = BlogAugmentation(seed=0)
+        layer = RandomAugmentation(seed=0)
         batch = np.random.default_rng(3).integers(0, 256, (3, 20, 24, 3)).astype(dtype)
         for training in (True, False):
             out = layer(batch, training=training)
@@ -135,7 +136,7 @@ def test_shape_and_dtype(policy: str, dtype: str) -> None:
 
 def test_parameter_ranges() -> None:
     """Shear within ±0.2 degrees, each zoom in [0.8, 1.2] independently, flip half the time."""
-    layer = BlogAugmentation(shear_degrees=0.2, zoom=0.2, flip=True, seed=4)
+    layer = RandomAugmentation(shear_degrees=0.2, zoom=0.2, flip=True, seed=4)
     rows = ops.convert_to_numpy(layer.random_transforms((4000, 100, 100, 3)))
     a0, b0, b1 = rows[:, 0], rows[:, 3], rows[:, 4]
     zoom_cols = np.hypot(a0, b0)  # |cos| * zc and |sin| * zc
@@ -149,9 +150,9 @@ def test_parameter_ranges() -> None:
 
 def test_cutout_hides_one_square_per_image_with_its_mean_colour() -> None:
     batch = np.random.default_rng(5).integers(0, 256, (64, 40, 40, 3), dtype=np.uint8)
-    plain = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, seed=0)
+    plain = RandomAugmentation(shear_degrees=0, zoom=0, flip=False, seed=0)
     assert plain.is_identity
-    layer = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, cutout=0.25, seed=0)
+    layer = RandomAugmentation(shear_degrees=0, zoom=0, flip=False, cutout=0.25, seed=0)
     assert not layer.is_identity
     out = ops.convert_to_numpy(layer(batch, training=True))
     sides = []
@@ -175,8 +176,8 @@ def test_cutout_hides_one_square_per_image_with_its_mean_colour() -> None:
 def test_cutout_comes_after_the_other_draws() -> None:
     """Runs without cutout keep the transforms they drew before cutout existed."""
     batch = np.random.default_rng(6).integers(0, 256, (8, SIDE, SIDE, 3), dtype=np.uint8)
-    without = BlogAugmentation(shear_degrees=5, zoom=0.2, rotate_degrees=10, shift=0.1, seed=3)
-    with_cutout = BlogAugmentation(
+    without = RandomAugmentation(shear_degrees=5, zoom=0.2, rotate_degrees=10, shift=0.1, seed=3)
+    with_cutout = RandomAugmentation(
         shear_degrees=5, zoom=0.2, rotate_degrees=10, shift=0.1, cutout=0.3, seed=3
     )
     a = ops.convert_to_numpy(without(batch, training=True))
@@ -195,9 +196,29 @@ def test_model_saves_and_loads(tmp_path: Path) -> None:
     model.save(path)
     loaded = keras.saving.load_model(path, compile=False)
     layer = loaded.get_layer("augmentation")
-    assert isinstance(layer, BlogAugmentation)
+    assert isinstance(layer, RandomAugmentation)
     assert (layer.shear_degrees, layer.zoom, layer.flip, layer.seed) == (0.2, 0.2, True, 5)
     assert (layer.rotate_degrees, layer.shift, layer.cutout) == (10.0, 0.1, 0.3)
+
+
+def test_a_model_saved_under_the_layers_old_name_still_loads(tmp_path: Path) -> None:
+    """Models in DVC caches and experiments were saved when the layer was ``BlogAugmentation``."""
+    model = build_model(Params(image_size=32, conv_filters=(4,), kernel_size=3, dense_units=8))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(path) as new_zip, zipfile.ZipFile(old, "w") as old_zip:
+        for item in new_zip.infolist():
+            data = new_zip.read(item)
+            if item.filename == "config.json":
+                assert b"agegap>RandomAugmentation" in data
+                data = data.replace(b"RandomAugmentation", b"BlogAugmentation")
+            old_zip.writestr(item, data)
+    loaded = keras.saving.load_model(old, compile=False)
+    assert isinstance(loaded.get_layer("augmentation"), RandomAugmentation)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(loaded(images)), ops.convert_to_numpy(model(images)))
     batch = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(
         ops.convert_to_numpy(loaded(batch, training=False)),
@@ -218,8 +239,8 @@ def test_robustness_levers_come_after_every_other_draw(lever: str) -> None:
     runs without it keep every transform they had before it existed."""
     batch = np.random.default_rng(7).integers(0, 256, (8, SIDE, SIDE, 3), dtype=np.uint8)
     base = {"shear_degrees": 5, "zoom": 0.2, "cutout": 0.3, "seed": 3}
-    without = ops.convert_to_numpy(BlogAugmentation(**base)(batch, training=True))
-    layer = BlogAugmentation(**base, **{lever: ROBUSTNESS_LEVERS[lever]})
+    without = ops.convert_to_numpy(RandomAugmentation(**base)(batch, training=True))
+    layer = RandomAugmentation(**base, **{lever: ROBUSTNESS_LEVERS[lever]})
     assert not layer.is_identity
     with_lever = ops.convert_to_numpy(layer(batch, training=True))
     assert not np.array_equal(with_lever, without)
@@ -230,7 +251,7 @@ def test_robustness_levers_come_after_every_other_draw(lever: str) -> None:
 
 def test_grayscale_turns_the_chosen_share_black_and_white() -> None:
     batch = np.random.default_rng(8).integers(0, 256, (400, 8, 8, 3), dtype=np.uint8)
-    layer = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, grayscale=0.5, seed=0)
+    layer = RandomAugmentation(shear_degrees=0, zoom=0, flip=False, grayscale=0.5, seed=0)
     out = ops.convert_to_numpy(layer(batch, training=True))
     gray = np.all(out[..., :1] == out, axis=(1, 2, 3))
     assert 0.4 < gray.mean() < 0.6
@@ -242,7 +263,7 @@ def test_grayscale_turns_the_chosen_share_black_and_white() -> None:
 def test_scale_zooms_both_ways_onto_a_flat_colour() -> None:
     """Zoom factors spread over [1/1.4, 1.4] in both directions; pixels from outside the
     image are one flat colour per image, not the smeared edge."""
-    layer = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, scale=0.4, seed=2)
+    layer = RandomAugmentation(shear_degrees=0, zoom=0, flip=False, scale=0.4, seed=2)
     rows = ops.convert_to_numpy(layer.random_transforms((4000, 100, 100, 3)))
     factor = rows[:, 0]
     assert factor.min() >= 1 / 1.4 - 1e-5 and factor.max() <= 1.4 + 1e-5

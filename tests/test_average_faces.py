@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from agegap.layout import SPLIT_DIR
 from agegap.params import Params
+from agegap.split_manifest import read_split
 from stages.average_faces import OUTPUT_DIR, average_faces
 from stages.download import download
-from stages.split import SPLIT_DIR, read_split, split
+from stages.split import split
 
 
 def test_means_are_the_pixel_means_of_each_group(tmp_path: Path, synthetic_zip) -> None:

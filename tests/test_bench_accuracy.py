@@ -17,6 +17,7 @@ from agegap.commands import score_command
 from tests.conftest import FAST_PARAMS, REPO, run
 
 BENCH = REPO / "bench" / "accuracy.py"
+FIRST_DEFAULT = "blog+batchnorm+cosine+weightdecay+smoothing+rotate+shift+tta"
 
 
 def load_bench():
@@ -79,7 +80,7 @@ def test_parallel_runs_without_dvclive_and_a_broken_recipe(tmp_path: Path, synth
 
 def test_cpu_and_gpu_runs_are_summarised_apart() -> None:
     bench = load_bench()
-    row = {"recipe": "ours", "strategy": "identity", "epochs": 100, "seed": 0,
+    row = {"recipe": FIRST_DEFAULT, "strategy": "identity", "epochs": 100, "seed": 0,
            "best_val_accuracy": 0.9, "best_epoch": 50, "seconds_per_epoch": 1.0}
     rows = [
         {**row, "test_accuracy": 0.80},  # stored before devices were recorded: a CPU run
@@ -91,16 +92,16 @@ def test_cpu_and_gpu_runs_are_summarised_apart() -> None:
     assert summary["cpu"]["runs"] == 2 and abs(summary["cpu"]["mean"] - 0.85) < 1e-12
     assert summary["gpu"]["runs"] == 1 and summary["gpu"]["mean"] == 0.50
     assert (summary["cpu"]["at_chance"], summary["gpu"]["at_chance"]) == (0, 1)
-    report = bench.markdown(bench.summarise(rows), {"ours": {}})
+    report = bench.markdown(bench.summarise(rows), {FIRST_DEFAULT: {}})
     assert "Machines: box, 16 CPU threads, H200." in report
     gpu_line = next(line for line in report.splitlines() if line.startswith("| gpu |"))
-    assert gpu_line.startswith("| gpu | identity | ours | 100 | 1 (0) | 50.00 ± 0.00 |")
+    assert gpu_line.startswith(f"| gpu | identity | {FIRST_DEFAULT} | 100 | 1 (0) | 50.00 ± 0.00 |")
     assert gpu_line.endswith("| 1 |  |  |")  # one run at chance; no probes recorded
 
 
 def test_probe_columns_average_the_black_and_white_and_the_worst_probe() -> None:
     bench = load_bench()
-    row = {"recipe": "cutout", "strategy": "image", "epochs": 100, "best_val_accuracy": 0.9,
+    row = {"recipe": "blog+cutout", "strategy": "image", "epochs": 100, "best_val_accuracy": 0.9,
            "best_epoch": 50, "seconds_per_epoch": 1.0, "test_accuracy": 0.9}
     rows = [
         {**row, "seed": 0, "probes": {"grayscale": 0.60, "blur": 0.85},
@@ -112,7 +113,7 @@ def test_probe_columns_average_the_black_and_white_and_the_worst_probe() -> None
     assert summary["probe_runs"] == 2
     assert summary["grayscale_mean"] == pytest.approx(0.75)
     assert summary["worst_probe_mean"] == pytest.approx(0.70)  # 0.60 and 0.80
-    line = bench.markdown([summary], {"cutout": {}}).splitlines()[4]
+    line = bench.markdown([summary], {"blog+cutout": {}}).splitlines()[4]
     assert line.endswith("| 75.00 | 70.00 (blur, grayscale) |")
 
 
@@ -123,21 +124,21 @@ def test_each_recipe_is_paired_with_the_blog_run_on_the_same_split() -> None:
     rows = [
         {**row, "recipe": "blog", "seed": 0, "test_accuracy": 0.80},
         {**row, "recipe": "blog", "seed": 1, "test_accuracy": 0.90},
-        {**row, "recipe": "cutout", "seed": 0, "test_accuracy": 0.84},
-        {**row, "recipe": "cutout", "seed": 1, "test_accuracy": 0.91},
-        {**row, "recipe": "cutout", "seed": 2, "test_accuracy": 0.70},  # no blog run to pair
+        {**row, "recipe": "blog+cutout", "seed": 0, "test_accuracy": 0.84},
+        {**row, "recipe": "blog+cutout", "seed": 1, "test_accuracy": 0.91},
+        {**row, "recipe": "blog+cutout", "seed": 2, "test_accuracy": 0.70},  # no blog run to pair
         {**row, "recipe": "blog", "seed": 3, "test_accuracy": 0.85},
-        {**row, "recipe": "cutout", "seed": 3, "test_accuracy": 0.5,
+        {**row, "recipe": "blog+cutout", "seed": 3, "test_accuracy": 0.5,
          "best_val_accuracy": 0.5},  # at chance: broken training, left out of the pairs
-        {**row, "recipe": "cutout", "seed": 0, "test_accuracy": 0.5, "device": "gpu"},
+        {**row, "recipe": "blog+cutout", "seed": 0, "test_accuracy": 0.5, "device": "gpu"},
     ]
     summary = {(s["recipe"], s["device"]): s for s in bench.summarise(rows)}
-    cutout = summary[("cutout", "cpu")]
+    cutout = summary[("blog+cutout", "cpu")]
     assert cutout["paired_runs"] == 2 and abs(cutout["paired_gain"] - 0.025) < 1e-12
     assert summary[("blog", "cpu")]["paired_gain"] is None
-    assert summary[("cutout", "gpu")]["paired_gain"] is None  # the blog ran on the CPU only
-    report = bench.markdown(bench.summarise(rows), {"blog": {}, "cutout": {}})
-    line = next(x for x in report.splitlines() if x.startswith("| cpu | identity | cutout |"))
+    assert summary[("blog+cutout", "gpu")]["paired_gain"] is None  # the blog ran on the CPU only
+    report = bench.markdown(bench.summarise(rows), {"blog": {}, "blog+cutout": {}})
+    line = next(x for x in report.splitlines() if x.startswith("| cpu | identity | blog+cutout |"))
     assert "| 73.75 ± 18.08 | 9.04 | +2.50 (2) |" in line
 
 
@@ -191,17 +192,17 @@ def test_cross_validation_pools_the_folds_and_pairs_fold_by_fold() -> None:
     rows = [
         {**row, "recipe": "blog", "fold": 0, "test_accuracy": 0.80, "n_test": 100},
         {**row, "recipe": "blog", "fold": 1, "test_accuracy": 0.90, "n_test": 300},
-        {**row, "recipe": "cutout", "fold": 0, "test_accuracy": 0.85, "n_test": 100},
-        {**row, "recipe": "cutout", "fold": 1, "test_accuracy": 0.90, "n_test": 300},
+        {**row, "recipe": "blog+cutout", "fold": 0, "test_accuracy": 0.85, "n_test": 100},
+        {**row, "recipe": "blog+cutout", "fold": 1, "test_accuracy": 0.90, "n_test": 300},
         # the same recipe without folds is another estimate, summarised apart
-        {**row, "recipe": "cutout", "folds": None, "fold": None, "test_accuracy": 0.5,
+        {**row, "recipe": "blog+cutout", "folds": None, "fold": None, "test_accuracy": 0.5,
          "n_test": 200},
     ]
     summary = {(s["recipe"], s["folds"]): s for s in bench.summarise(rows)}
-    blog, cutout = summary[("blog", 2)], summary[("cutout", 2)]
+    blog, cutout = summary[("blog", 2)], summary[("blog+cutout", 2)]
     assert blog["mean"] == pytest.approx((80 + 270) / 400)  # every image once, pooled
     assert blog["se"] == pytest.approx(np.std([0.80, 0.90], ddof=1) / np.sqrt(2))
     assert cutout["paired_gain"] == pytest.approx((0.05 + 0.0) / 2)  # fold by fold
-    assert summary[("cutout", None)]["runs"] == 1
-    report = bench.markdown(bench.summarise(rows), {"blog": {}, "cutout": {}})
+    assert summary[("blog+cutout", None)]["runs"] == 1
+    report = bench.markdown(bench.summarise(rows), {"blog": {}, "blog+cutout": {}})
     assert "| 2 (0; 2-fold, all pooled) | 87.50 ± 7.07 | 5.00 |" in report

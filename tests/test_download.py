@@ -17,8 +17,9 @@ from agegap import fetch
 from agegap.errors import AgegapError
 from agegap.fetch import sha256_of_file
 from agegap.lag import read_manifest
+from agegap.layout import RAW_DIR
 from agegap.params import Params
-from stages.download import RAW_DIR, download
+from stages.download import download
 from tests.synthetic import NON_ASCII_IDENTITY, SPACED_FILE, make_archive
 
 

@@ -25,9 +25,10 @@ from PIL import Image
 
 from agegap.errors import AgegapError
 from agegap.lag import read_manifest
+from agegap.layout import RAW_DIR, SPLIT_DIR
 from agegap.params import Params
-from stages.download import RAW_DIR, download
-from stages.split import SPLIT_DIR, split
+from stages.download import download
+from stages.split import split
 from tests.conftest import REPO
 from tests.synthetic import build_tree, face, make_archive, png_bytes
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from agegap.augment import BlogAugmentation
+from agegap.augment import RandomAugmentation
 from agegap.model import build_model, load_trained_model, make_optimizer
 from agegap.params import Params
 from agegap.scoring import predict_probabilities
@@ -39,11 +39,11 @@ def test_rotation_matches_keras2_apply_affine_transform() -> None:
 
 def test_rotation_and_shift_move_pixels_and_stay_seeded() -> None:
     images = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3)).astype("float32")
-    layer = BlogAugmentation(shear_degrees=0, zoom=0, flip=False, rotate_degrees=20,
+    layer = RandomAugmentation(shear_degrees=0, zoom=0, flip=False, rotate_degrees=20,
                              shift=0.1, seed=3)
     moved = keras.ops.convert_to_numpy(layer(images, training=True))
     again = keras.ops.convert_to_numpy(
-        BlogAugmentation(shear_degrees=0, zoom=0, flip=False, rotate_degrees=20, shift=0.1,
+        RandomAugmentation(shear_degrees=0, zoom=0, flip=False, rotate_degrees=20, shift=0.1,
                          seed=3)(images, training=True))
     assert not np.allclose(moved, images)
     np.testing.assert_array_equal(moved, again)

@@ -1,4 +1,4 @@
-"""Mixup (issue 8's last lever): blended batches, fractional labels, an accuracy that copes."""
+"""Mixup (an accuracy lever): blended batches, fractional labels, an accuracy that copes."""
 
 from __future__ import annotations
 

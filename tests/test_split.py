@@ -12,9 +12,10 @@ from PIL import Image
 
 from agegap.colourfulness import GRAYSCALE_BELOW, colourfulness
 from agegap.errors import AgegapError
+from agegap.layout import SPLIT_DIR
 from agegap.params import Params
 from stages.download import download
-from stages.split import SPLIT_DIR, split
+from stages.split import split
 
 QUOTAS = {"train_per_class": 20, "validation_per_class": 10, "test_per_class": 10}
 

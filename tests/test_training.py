@@ -37,8 +37,8 @@ def tiny_sets() -> tuple[ImageSet, ImageSet]:
     # Learnable: "young" images are brighter, so the accuracy moves between epochs.
     images = rng.integers(0, 160, (40, 24, 24, 3)) + (labels * 90)[:, None, None, None]
     images = images.astype(np.uint8)
-    train = ImageSet(images[::2], labels[::2], ())
-    validation = ImageSet(images[1::2], labels[1::2], ())
+    train = ImageSet(images[::2], labels[::2])
+    validation = ImageSet(images[1::2], labels[1::2])
     return train, validation
 
 
