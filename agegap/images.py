@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # A decompression bomb (a tiny file that claims a giant canvas) must be refused, not decoded.
 MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-# Threads that decode at once: Pillow releases the GIL while it inflates PNG data.
+# Threads that decode (and search for faces) at once: Pillow and OpenCV release the GIL.
 DECODE_THREADS = min(8, (os.cpu_count() or 1) * 2)
 
 

@@ -1,5 +1,5 @@
 """One typed, validated view of ``params.yaml``: :class:`Params` is the one schema, from
-which every stage, every error message and the README's parameter table are derived.
+which every stage, every error message and docs/params.md's parameter table are derived.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ PositiveInts = Annotated[
 
 
 class Params(BaseModel):
-    """All hyperparameters, flat like ``params.yaml``; defaults are the `cutout` recipe.
+    """All hyperparameters, flat like ``params.yaml``; defaults are the `blog+cutout` recipe.
 
     That is the blog's best network and training plus cutout (reports/accuracy.md says
     why cutout); the other accuracy levers are off by default.
@@ -476,7 +476,7 @@ def _yaml_scalar(value: object) -> str:
 
 
 def markdown_table() -> str:
-    """The README's parameter table: every key once, with its default, range and meaning."""
+    """docs/params.md's parameter table: every key once, with its default, range and meaning."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for name, info in Params.model_fields.items():
         rows.append(
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m agegap.params", description="The parameter schema, as documentation."
     )
     parser.add_argument(
-        "--markdown", action="store_true", help="print the README's parameter table"
+        "--markdown", action="store_true", help="print docs/params.md's parameter table"
     )
     args = parser.parse_args(argv)
     if args.markdown:

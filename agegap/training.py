@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,25 +56,26 @@ _RUN_FIELDS = ("steps_per_epoch", "seconds_per_epoch", "train_images_per_second"
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch's training part and of the whole epoch."""
+    """Time of each epoch's training part and of the whole epoch, by ``clock`` (wall time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__()
+        self.clock = clock
         self.train_seconds: list[float] = []
         self.epoch_seconds: list[float] = []
         self._epoch_start = 0.0
         self._train_end = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self.clock()
         self._train_end = 0.0
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         if not self._train_end:
-            self._train_end = time.perf_counter()
+            self._train_end = self.clock()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         self.train_seconds.append((self._train_end or now) - self._epoch_start)
         self.epoch_seconds.append(now - self._epoch_start)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from agegap.layout import SPLIT_DIR
@@ -15,6 +16,7 @@ from stages.download import download
 from stages.split import split
 
 
+@pytest.mark.slow
 def test_means_are_the_pixel_means_of_each_group(tmp_path: Path, synthetic_zip) -> None:
     params = Params(
         data_url=str(synthetic_zip.path),

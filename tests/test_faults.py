@@ -233,6 +233,7 @@ def strict_json(text: str) -> dict:
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_one_class_test_split_writes_null_never_nan(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,10 +12,22 @@ from agegap.errors import AgegapError
 from agegap.model import build_model, load_trained_model
 from agegap.params import ACTIVATIONS, Params
 
+# Every pair of values of the three settings, each once (pairwise): they act independently.
+SHAPES = [
+    ("relu", (4, 4, 8), "same"),
+    ("relu", (4, 4, 8, 8), "valid"),
+    ("prelu", (4, 4, 8), "valid"),
+    ("prelu", (4, 4, 8, 8), "same"),
+    ("leaky_relu", (4, 4, 8), "same"),
+    ("leaky_relu", (4, 4, 8, 8), "valid"),
+]
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("filters", [(4, 4, 8), (4, 4, 8, 8)])
-@pytest.mark.parametrize("padding", ["same", "valid"])
+
+def test_the_shapes_cover_every_activation() -> None:
+    assert {activation for activation, _, _ in SHAPES} == set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize(("activation", "filters", "padding"), SHAPES)
 def test_every_activation_and_depth_saves_and_loads(
     tmp_path: Path, activation: str, filters: tuple[int, ...], padding: str
 ) -> None:

@@ -186,6 +186,7 @@ def pictures(folder: Path) -> dict[str, bytes]:
 # --- the model's identity --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_model_and_health_name_the_locked_experiment(server: Server, project: Path) -> None:
     md5 = file_hashes(project / "models" / "model.keras")[0]
     with server.client() as client:
@@ -221,6 +222,7 @@ def test_identity_of_a_model_dvc_lock_does_not_vouch_for(tmp_path: Path, tiny_mo
 # --- predictions agree with agegap predict ----------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [[], ["--no-detect-faces"], ["--tta-flip"]],
@@ -292,6 +294,7 @@ def bad_requests() -> list[tuple[str, list[tuple[str, bytes]], int, str]]:
     ]
 
 
+@pytest.mark.slow
 def test_bad_input_gets_its_status_and_names_the_file(server: Server) -> None:
     with server.client() as client:
         for what, files, status, text in bad_requests():
@@ -311,6 +314,7 @@ def test_bad_input_gets_its_status_and_names_the_file(server: Server) -> None:
     assert bad_option.json()["error"].startswith("detect_faces: ")
 
 
+@pytest.mark.slow
 def test_request_body_over_the_limit_is_refused_before_it_is_read(server: Server) -> None:
     limit = MAX_FILES * MAX_UPLOAD_MB * 1_000_000 + 1_000_000
     part = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n'
@@ -327,6 +331,7 @@ def test_request_body_over_the_limit_is_refused_before_it_is_read(server: Server
     assert chunked.status_code == 413
 
 
+@pytest.mark.slow
 def test_bad_and_good_requests_at_once_do_not_disturb_each_other(server: Server) -> None:
     good = [("face.png", save_bytes(draw_face(), "PNG"))]
     jobs = [(good, 200, "")] * 12 + [
@@ -351,6 +356,7 @@ def test_bad_and_good_requests_at_once_do_not_disturb_each_other(server: Server)
                 }
 
 
+@pytest.mark.slow
 def test_no_upload_outlives_its_request(server: Server) -> None:
     big = save_bytes(noise(900, 700, seed=3), "PNG")  # over Starlette's 1 MB memory spool
     assert len(big) > 1_100_000
@@ -363,6 +369,7 @@ def test_no_upload_outlives_its_request(server: Server) -> None:
 # --- the page and the schema -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_page_and_schema_need_nothing_from_the_internet(server: Server) -> None:
     with server.client() as client:
         page = client.get("/")

@@ -276,6 +276,7 @@ def test_the_lock_check_ignores_absent_data_and_names_stale_code() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_committed_lock_matches_the_code(tmp_path: Path) -> None:
     """CI's check that whoever changed code or params also re-ran the pipeline."""
     if "dvc.lock" not in git_tracked(REPO):
