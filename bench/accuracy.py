@@ -1,20 +1,6 @@
 """The fair accuracy protocol: each recipe x split strategy x three split seeds.
 
-Every run is a real pipeline run (the ``split``, ``train`` and ``evaluate`` stages,
-each in its own process, in a scratch workspace that shares one decoded
-``data/raw``), so what is measured is exactly what ``dvc repro`` would produce.
-Results are appended to a JSON-lines file as they come, so an interrupted protocol
-resumes where it stopped; the report gives mean ± standard deviation over seeds. It is
-written to ``WORK/report.md`` unless ``--report`` names another file, so a trial run
-never overwrites the committed ``reports/accuracy-runs.md``.
-
-    python bench/accuracy.py --recipes blog cutout --epochs 100
-    python bench/accuracy.py --recipes cutout --strategies identity --seeds 0 --epochs 30
-    python bench/accuracy.py --recipes blog cutout --seeds 0 --folds 5   # every image tested once
-    KERAS_BACKEND=jax python bench/accuracy.py --jobs 12 --no-dvclive   # one GPU, many runs
-
-Runs on a GPU record ``device: gpu`` and are summarised apart from CPU runs: the
-precision (bfloat16) and the kernels differ, so their numbers are not pooled.
+Each run is a real ``split`` + ``train`` + ``evaluate``; usage and method: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -33,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from agegap.layout import METRICS, RAW_DIR, RAW_MANIFEST, TRAIN_METRICS, TRAIN_RUN
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES_FILE = Path(__file__).with_name("accuracy_recipes.yaml")
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "LAGdataset_100.zip"
@@ -45,7 +33,7 @@ CV_VALIDATION_PER_CLASS = 300
 
 
 def load_recipes(path: Path) -> dict[str, dict[str, Any]]:
-    """Named sets of params overrides (``blog``, ``cutout``, one per lever)."""
+    """Named sets of params overrides (``blog``, ``blog+cutout``, ...)."""
     recipes = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(recipes, dict):
         raise SystemExit(f"error: {path}: expected a mapping of recipe name -> overrides")
@@ -55,13 +43,13 @@ def load_recipes(path: Path) -> dict[str, dict[str, Any]]:
 def prepare_raw(work: Path, archive: Path) -> Path:
     """Run the download stage once; every run links to this ``data/raw``."""
     raw_home = work / "raw-home"
-    if not (raw_home / "data" / "raw" / "manifest.csv").is_file():
+    if not (raw_home / RAW_MANIFEST).is_file():
         raw_home.mkdir(parents=True, exist_ok=True)
         (raw_home / "params.yaml").write_text(
             yaml.safe_dump({"data_url": str(archive)}), encoding="utf-8"
         )
         _stage("download", raw_home)
-    return raw_home / "data" / "raw"
+    return raw_home / RAW_DIR
 
 
 def _child_env() -> dict[str, str]:
@@ -89,8 +77,8 @@ def flip_scores(workspace: Path) -> dict[str, float]:
     """Test accuracy of the run's model without and with flip TTA.
 
     TTA only changes how the evaluate stage scores a model, and training is
-    deterministic, so the ``tta`` lever is measured on every run's own model for free
-    (a separate ``tta`` run would retrain the very same weights). Uses ``agegap score``,
+    deterministic, so flip TTA is measured on every run's own model for free (a
+    separate ``blog+tta`` run would retrain the very same weights). Uses ``agegap score``,
     which shares its code with the evaluate stage.
     """
     scores = {}
@@ -147,7 +135,7 @@ def run_once(
     suffix = f"-fold{fold}of{folds}" if folds else ""
     workspace = work / f"{recipe}-{strategy}-{seed}{suffix}"
     (workspace / "data").mkdir(parents=True, exist_ok=True)
-    link = workspace / "data" / "raw"
+    link = workspace / RAW_DIR
     if not link.exists():
         link.symlink_to(raw, target_is_directory=True)
     params = {
@@ -165,9 +153,9 @@ def run_once(
     _stage("split", workspace)
     _stage("train", workspace, *([] if dvclive else ["--no-dvclive"]))
     _stage("evaluate", workspace)
-    test = json.loads((workspace / "metrics.json").read_text(encoding="utf-8"))
-    trained = json.loads((workspace / "train_metrics.json").read_text(encoding="utf-8"))
-    how = json.loads((workspace / "train_run.json").read_text(encoding="utf-8"))
+    test = json.loads((workspace / METRICS).read_text(encoding="utf-8"))
+    trained = json.loads((workspace / TRAIN_METRICS).read_text(encoding="utf-8"))
+    how = json.loads((workspace / TRAIN_RUN).read_text(encoding="utf-8"))
     return {
         "recipe": recipe,
         "strategy": strategy,
@@ -252,7 +240,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # Of the mean: seed-to-seed (or fold-to-fold) spread and test-set noise together.
             "se": std / len(accuracies) ** 0.5,
             # Seed by seed against the anchor: the same split and test images, so the
-            # split-to-split spread (about ±2 points here) cancels out of the difference.
+            # split-to-split spread cancels out of the difference.
             "paired_runs": len(paired),
             "paired_gain": statistics.fmean(paired) if paired else None,
             # Robustness probes (rows made before the probes existed have none).
@@ -380,7 +368,7 @@ def run_pending(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", nargs="+", default=["blog", "cutout"])
+    parser.add_argument("--recipes", nargs="+", default=["blog", "blog+cutout"])
     parser.add_argument("--recipes-file", type=Path, default=RECIPES_FILE)
     parser.add_argument("--strategies", nargs="+", default=["image", "identity"],
                         choices=["image", "identity"])

@@ -1,13 +1,6 @@
 """How long ``agegap predict`` takes on 1,000 images of 100x100, model loading excluded.
 
-The target is under 10 s on a 2-core machine. The timed part is what
-``agegap predict FOLDER`` does after loading the model: listing the folder, decoding
-every PNG, finding faces (or not, ``--no-detect-faces``) and the batched inference.
-Each mode is run once untimed on a few images first, so Keras' one-off graph tracing
-is not counted; the cold first call is printed separately.
-
-    python bench/predict_speed.py                 # the blog's network, untrained weights
-    python bench/predict_speed.py --model models/model.keras --source data/split/test
+What is timed, and how to run it: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -37,7 +30,7 @@ def write_images(
     """``count`` ``size`` x ``size`` RGB PNGs: random noise, or the images of ``source`` in turn.
 
     Noise is what the target is set on; real faces (``--source data/split/test``) cost the
-    detector about three times more, as more windows pass its first stages.
+    detector more, as more windows pass its first stages.
     """
     rng = np.random.default_rng(seed)
     faces = sorted(p for p in source.rglob("*.png")) if source else []

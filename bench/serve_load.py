@@ -1,14 +1,6 @@
 """``agegap serve`` under load: concurrent clients against a real server on this machine.
 
-Measures, in one run: offline batch scoring of 100x100 crops (``bench/predict_speed.py``'s
-timing of what ``agegap predict --no-detect-faces`` does), then a real ``agegap serve``
-with CLIENTS client processes, each sending REQUESTS single-image requests, for
-100x100 crops without face detection and for 640x480 pictures with it. Prints
-requests/s, latency percentiles, errors, the server's peak memory and model calls, and
-checks every distinct answer against ``agegap predict``'s rows for the same file.
-
-    python bench/serve_load.py                      # models/model.keras, else an untrained one
-    python bench/serve_load.py --model models/model.keras --clients 8 --requests 200
+What is measured, and how to run it: docs/performance.md.
 """
 
 from __future__ import annotations

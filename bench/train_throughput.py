@@ -1,48 +1,11 @@
 """Training throughput: the project's training path against the blog's Keras 2 loop.
 
-Why a benchmark and not a test: the target is ">= 3x the blog's loop on a CPU", with
-GPU figures, and timings on a shared machine are too noisy for assertions. This
-script is the measure; it prints everything needed to judge one run on its own.
-
-What runs, each in its own subprocess (Keras 2 and Keras 3 must not share a process,
-and a subprocess gives each side its own peak memory):
-
-* (a) **project**: ``agegap.runtime.configure`` + ``agegap.training.train_model`` with
-  the blog's recipe (the ``blog`` recipe of ``bench/accuracy_recipes.yaml``: the same
-  network and training as (b), batch 16, 1,200 images per epoch, the in-model
-  ``BlogAugmentation``) and the shipped run settings (``precision: auto``,
-  ``deterministic: true``), on the current ``KERAS_BACKEND``. Not ``params.yaml``'s
-  recipe: that adds cutout, which (b) does not have.
-* (b) **blog**: ``tf_keras`` (Keras 2) with ``ImageDataGenerator(rescale=1/255,
-  shear_range=0.2, zoom_range=0.2, horizontal_flip=True).flow_from_directory`` on PNG
-  folders written to a temporary directory, the same network, adam, batch 16,
-  ``steps_per_epoch=1200 // 16``, ``validation_steps=600 // 16``. Skipped where
-  ``tf_keras`` is not installed (e.g. a JAX-only GPU machine).
-
-The two alternate (a b, b a, a b, ...) for ``--repeats`` rounds so that load from other
-users hits both alike; the ratio is reported per round (a and b back to back), as the
-median of those (the headline) and as the ratio of the medians. Images/s
-count the training part of each epoch (validation excluded) and skip the first epoch,
-which also traces/compiles; the fastest epoch is shown too. CPU-seconds per image
-(all threads of the child) are also printed: on a machine shared with others they
-move much less than wall time.
-
-Data: the real LAG archive decoded into memory (a seeded per-image split, 1,200 + 600
-images per class as ``params.yaml``), or random uint8 bytes of the same shape where the
-archive is absent (``--data random``). Decoded arrays and PNGs live only in a temporary
-directory that is deleted at the end (the LAG licence forbids copying its images).
-
-Examples::
-
-    python bench/train_throughput.py                          # CPU: (a) vs (b), batch 16
-    python bench/train_throughput.py --repeats 3 --epochs 4
-    KERAS_BACKEND=jax python bench/train_throughput.py --batch-sizes 16 128 --augment both
+Method, output and figures: docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -52,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from agegap import CLASS_NAMES  # noqa: E402
 from agegap.machine import cpu_has_amx, cpu_name  # noqa: E402
 
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "LAGdataset_100.zip"
@@ -75,47 +39,35 @@ RESULT_PREFIX = "RESULT "
 # --------------------------------------------------------------------------- data
 
 
-def _decode(data: bytes) -> np.ndarray | None:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB")
-            if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-                rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
-    except Exception:  # the archive holds a few undecodable files on purpose
-        return None
-
-
 def real_split(archive: Path, seed: int = 0) -> dict[str, np.ndarray]:
-    """Decode the archive (``<identity>/x.png`` old, ``<identity>/y/x.png`` young) and split.
+    """The archive's decoded images, split per image at random as the blog did.
 
-    A per-image random split, as the blog's: throughput does not depend on which faces
-    land where, and the project's own identity split needs the DVC stages.
+    Throughput does not depend on which faces land where, and the project's own identity
+    split needs the DVC stages. The archive is extracted into a temporary folder only.
     """
-    by_label: dict[int, list[np.ndarray]] = {0: [], 1: []}
-    with zipfile.ZipFile(archive) as bundle:
-        for info in sorted(bundle.infolist(), key=lambda i: i.filename):
-            parts = info.filename.split("/")
-            if info.is_dir() or parts[0] == "__MACOSX" or len(parts) not in (2, 3):
-                continue
-            label = 1 if len(parts) == 3 and parts[1] == "y" else 0
-            if len(parts) == 3 and parts[1] != "y":
-                continue
-            image = _decode(bundle.read(info))
-            if image is not None:
-                by_label[label].append(image)
+    from agegap.archive import extract_archive, find_lag_root
+    from agegap.images import load_many
+    from agegap.lag import scan_lag
+
+    by_label: dict[int, np.ndarray] = {}
+    with tempfile.TemporaryDirectory(prefix="agegap-bench-lag-") as tmp:
+        extract_archive(archive, Path(tmp))
+        root = find_lag_root(Path(tmp), archive.name)
+        manifest, _ = scan_lag(root)
+        decoded = manifest[manifest["status"] == "ok"]
+        for label, name in enumerate(CLASS_NAMES):
+            paths = [root / path for path in decoded.loc[decoded["label"] == name, "path"]]
+            by_label[label] = load_many(paths, IMAGE_SIZE)
     rng = np.random.default_rng(seed)
-    parts_out: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "validation": []}
+    parts: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "validation": []}
     for label, images in by_label.items():
         need = TRAIN_PER_CLASS + VALIDATION_PER_CLASS
         if len(images) < need:
             raise SystemExit(f"{archive}: only {len(images)} images of class {label}, need {need}")
         order = rng.permutation(len(images))
-        parts_out["train"] += [(images[i], label) for i in order[:TRAIN_PER_CLASS]]
-        parts_out["validation"] += [(images[i], label) for i in order[TRAIN_PER_CLASS:need]]
-    return _as_arrays(parts_out)
+        parts["train"] += [(images[i], label) for i in order[:TRAIN_PER_CLASS]]
+        parts["validation"] += [(images[i], label) for i in order[TRAIN_PER_CLASS:need]]
+    return _as_arrays(parts)
 
 
 def random_split(seed: int = 0) -> dict[str, np.ndarray]:
@@ -145,7 +97,7 @@ def write_pngs(arrays: dict[str, np.ndarray], folder: Path) -> None:
         for index, (image, label) in enumerate(
             zip(arrays[f"{split}_x"], arrays[f"{split}_y"], strict=True)
         ):
-            target = folder / split / ("young" if label else "old") / f"{index:05d}.png"
+            target = folder / split / CLASS_NAMES[int(label)] / f"{index:05d}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(target, compress_level=1)
 
@@ -157,12 +109,11 @@ def child_project(
     data: Path, batch_size: int, epochs: int, augment: bool, images: int
 ) -> dict[str, Any]:
     """The project's path: ``configure`` + ``train_model`` on the blog's recipe."""
-    import keras
 
     from agegap.dataset import ImageSet
     from agegap.params import params_from_dict
     from agegap.runtime import accelerator_name, configure
-    from agegap.training import train_model
+    from agegap.training import EpochTimer, train_model
 
     arrays = np.load(data / "arrays.npz")
     recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
@@ -174,10 +125,10 @@ def child_project(
         overrides.update(augment_shear_degrees=0.0, augment_zoom=0.0, augment_flip=False)
     params = params_from_dict(overrides, source="bench/accuracy_recipes.yaml")
     settings = configure(params)
-    train = ImageSet(arrays["train_x"], arrays["train_y"], ())
-    validation = ImageSet(arrays["validation_x"], arrays["validation_y"], ())
-    cpu = _CpuTimer(keras.callbacks.Callback)
-    timer = _WallTimer(keras.callbacks.Callback)
+    train = ImageSet(arrays["train_x"], arrays["train_y"])
+    validation = ImageSet(arrays["validation_x"], arrays["validation_y"])
+    cpu = EpochTimer(clock=time.process_time)
+    timer = EpochTimer()
     with tempfile.TemporaryDirectory() as tmp:
         result = train_model(
             params, train, validation, Path(tmp) / "model.keras", [cpu, timer], verbose=0
@@ -188,7 +139,7 @@ def child_project(
         "best_epoch_images_per_second": images
         / min(timer.train_seconds[1:] or timer.train_seconds),
         "seconds_per_epoch": result.seconds_per_epoch,
-        "cpu_ms_per_image": cpu.ms_per_image(result.steps_per_epoch * batch_size),
+        "cpu_ms_per_image": _ms_per_image(cpu.train_seconds, images),
         "best_val_accuracy": result.best_val_accuracy,
         "settings": {**settings, "accelerator": accelerator_name()},
     }
@@ -240,8 +191,8 @@ def child_blog(data: Path, batch_size: int, epochs: int, images: int) -> dict[st
         class_mode="binary",
     )
     steps = images // batch_size
-    timer = _WallTimer(tf_keras.callbacks.Callback)
-    cpu = _CpuTimer(tf_keras.callbacks.Callback)
+    timer = _epoch_clock(tf_keras.callbacks.Callback, time.perf_counter)
+    cpu = _epoch_clock(tf_keras.callbacks.Callback, time.process_time)
     history = model.fit(
         train_gen,
         steps_per_epoch=steps,
@@ -257,16 +208,20 @@ def child_blog(data: Path, batch_size: int, epochs: int, images: int) -> dict[st
         "images_per_second": steps * batch_size / float(np.mean(train_seconds)),
         "best_epoch_images_per_second": steps * batch_size / min(train_seconds),
         "seconds_per_epoch": float(np.mean(epoch_seconds)),
-        "cpu_ms_per_image": cpu.ms_per_image(steps * batch_size),
+        "cpu_ms_per_image": _ms_per_image(cpu.train_seconds, steps * batch_size),
         "best_val_accuracy": float(max(history["val_accuracy"])),
         "settings": {"backend": "tf_keras " + tf_keras.__version__, "tensorflow": tf.__version__},
     }
 
 
-def _WallTimer(base: type) -> Any:
-    """Training-part wall time per epoch, like ``agegap.training._EpochTimer``."""
+def _epoch_clock(base: type, clock: Callable[[], float]) -> Any:
+    """``agegap.training.EpochTimer`` for the blog's ``tf_keras`` loop, on ``clock``.
 
-    class WallTimer(base):  # type: ignore[misc, valid-type]
+    The blog's process must not import Keras 3 (nor so the library's callbacks); the
+    process CPU clock (all threads) counts work, not waiting, unlike wall time.
+    """
+
+    class EpochClock(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             super().__init__()
             self.train_seconds: list[float] = []
@@ -274,46 +229,23 @@ def _WallTimer(base: type) -> Any:
             self._start = self._train_end = 0.0
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self._start, self._train_end = time.perf_counter(), 0.0
+            self._start, self._train_end = clock(), 0.0
 
         def on_test_begin(self, logs: dict | None = None) -> None:
-            self._train_end = self._train_end or time.perf_counter()
+            self._train_end = self._train_end or clock()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            now = time.perf_counter()
+            now = clock()
             self.train_seconds.append((self._train_end or now) - self._start)
             self.epoch_seconds.append(now - self._start)
 
-    return WallTimer()
+    return EpochClock()
 
 
-def _CpuTimer(base: type) -> Any:
-    """Process CPU time (all threads) of each epoch's training part, first epoch skipped.
-
-    Less sensitive than wall time to other users of a shared machine: it measures the
-    work done, not how long the scheduler made it wait.
-    """
-
-    class CpuTimer(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            super().__init__()
-            self.seconds: list[float] = []
-            self._start = self._end = 0.0
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self._start, self._end = time.process_time(), 0.0
-
-        def on_test_begin(self, logs: dict | None = None) -> None:
-            self._end = self._end or time.process_time()
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            self.seconds.append((self._end or time.process_time()) - self._start)
-
-        def ms_per_image(self, images_per_epoch: int) -> float:
-            later = self.seconds[1:] or self.seconds
-            return 1000.0 * float(np.mean(later)) / images_per_epoch
-
-    return CpuTimer()
+def _ms_per_image(seconds: list[float], images_per_epoch: int) -> float:
+    """Milliseconds per image, over the epochs after the first (which also compiles)."""
+    later = seconds[1:] or seconds
+    return 1000.0 * float(np.mean(later)) / images_per_epoch
 
 
 # ------------------------------------------------------------------------ parent

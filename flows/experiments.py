@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from agegap.errors import AgegapError, exits_cleanly
+from agegap.layout import METRICS, TRAIN_METRICS, TRAIN_RUN
 from flows.dvc_commands import (
     dvc_environment,
     experiment_args,
@@ -266,10 +267,10 @@ def _metrics(shown: Mapping[str, Any]) -> dict[str, Any]:
         return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     return {
-        "test_accuracy": pick("metrics.json", "accuracy"),
-        "test_loss": pick("metrics.json", "loss"),
-        "val_accuracy": pick("train_metrics.json", "best_val_accuracy"),
-        "train_accuracy": pick("train_metrics.json", "train_accuracy_at_best"),
+        "test_accuracy": pick(str(METRICS), "accuracy"),
+        "test_loss": pick(str(METRICS), "loss"),
+        "val_accuracy": pick(str(TRAIN_METRICS), "best_val_accuracy"),
+        "train_accuracy": pick(str(TRAIN_METRICS), "train_accuracy_at_best"),
     }
 
 
@@ -279,7 +280,7 @@ def _seconds_per_epoch(root: Path, shown: Mapping[str, Any]) -> float | None:
     import dvc.api
 
     try:
-        run = json.loads(dvc.api.read("train_run.json", repo=str(root), rev=shown.get("rev")))
+        run = json.loads(dvc.api.read(str(TRAIN_RUN), repo=str(root), rev=shown.get("rev")))
         value = run["seconds_per_epoch"]
     except Exception:  # a missing speed leaves a blank cell, never a failed study
         return None

@@ -20,6 +20,7 @@ from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 from agegap.errors import AgegapError, exits_cleanly
+from agegap.layout import METRICS
 from flows import artifacts
 from flows.dvc_commands import (
     NOT_RUN,
@@ -40,7 +41,6 @@ from flows.ephemeral import quiet_ephemeral_server
 FLOW_NAME = "agegap-pipeline"
 DEPLOYMENT_NAME = "nightly"
 DEFAULT_CRON = "0 3 * * *"
-METRICS_FILE = "metrics.json"
 # Stages whose failures are usually transient (the network): retried with backoff.
 RETRIED_STAGES = frozenset({"download"})
 DOWNLOAD_PARAMS = frozenset({"data_url", "data_sha256"})
@@ -163,11 +163,17 @@ def pipeline(
     return metrics
 
 
-def _stage_task(stage: str, timeouts: Mapping[str, float], download_retries: int) -> Any:
-    """The ``run_stage`` task configured for one stage: its name, timeout and retries."""
-    timeout = float(timeouts.get(stage, DEFAULT_STAGE_TIMEOUT_S))
+def _stage_timeout(stage: str, timeouts: Mapping[str, float]) -> float:
+    return float(timeouts.get(stage, DEFAULT_STAGE_TIMEOUT_S))
+
+
+def _run_stage_task(
+    root: Path, stage: str, timeouts: Mapping[str, float], download_retries: int
+) -> Any:
+    """Run one stage's ``run_stage`` task, with its name, timeout and retries; its final state."""
+    timeout = _stage_timeout(stage, timeouts)
     retries = max(0, download_retries) if stage in RETRIED_STAGES else 0
-    return run_stage.with_options(
+    task_ = run_stage.with_options(
         name=f"dvc-{stage}",
         task_run_name=stage,
         # Prefect's own timeout is a backstop: run_dvc stops the stage at ``timeout``.
@@ -176,6 +182,7 @@ def _stage_task(stage: str, timeouts: Mapping[str, float], download_retries: int
         retry_delay_seconds=exponential_backoff(RETRY_BACKOFF_SECONDS)(retries) if retries else 0,
         retry_jitter_factor=0.5 if retries else None,
     )
+    return task_(str(root), stage, timeout, return_state=True)
 
 
 def _reproduce(
@@ -184,9 +191,7 @@ def _reproduce(
     """Run the stages in order; on a failure, record it and re-raise the stage's error."""
     outcomes: list[dict[str, Any]] = []
     for index, stage in enumerate(stages):
-        state = _stage_task(stage, timeouts, download_retries)(
-            str(root), stage, float(timeouts.get(stage, DEFAULT_STAGE_TIMEOUT_S)), return_state=True
-        )
+        state = _run_stage_task(root, stage, timeouts, download_retries)
         if not state.is_completed():
             outcomes.append({"stage": stage, "outcome": "failed", "seconds": None})
             outcomes += [
@@ -220,12 +225,9 @@ def _experiment(
         [s for s in stages if s in RETRIED_STAGES] if not DOWNLOAD_PARAMS & set(overrides) else []
     )
     for stage in prefetch:
-        state = _stage_task(stage, timeouts, download_retries)(
-            str(root), stage, float(timeouts.get(stage, DEFAULT_STAGE_TIMEOUT_S)), return_state=True
-        )
-        outcomes.append(state.result())
+        outcomes.append(_run_stage_task(root, stage, timeouts, download_retries).result())
     label = name or f"{flow_run.get_name() or 'agegap'}-{str(flow_run.get_id() or '')[:6]}"
-    total = sum(float(timeouts.get(s, DEFAULT_STAGE_TIMEOUT_S)) for s in stages)
+    total = sum(_stage_timeout(s, timeouts) for s in stages)
     task_ = run_experiment.with_options(
         task_run_name=f"exp-{experiment_name(label)}", timeout_seconds=total + 30
     )
@@ -236,7 +238,7 @@ def _experiment(
 
 def read_metrics(root: Path) -> dict[str, Any]:
     """``metrics.json`` as the evaluate stage wrote it (a clear error if it is missing)."""
-    path = root / METRICS_FILE
+    path = root / METRICS
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

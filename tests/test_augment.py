@@ -186,6 +186,7 @@ def test_cutout_comes_after_the_other_draws() -> None:
     assert 0.5 < untouched.mean() < 1.0  # the same affine output wherever no square fell
 
 
+@pytest.mark.slow
 def test_model_saves_and_loads(tmp_path: Path) -> None:
     params = Params(
         image_size=32, conv_filters=(4, 4), kernel_size=3, dense_units=8, seed=5,
@@ -201,6 +202,7 @@ def test_model_saves_and_loads(tmp_path: Path) -> None:
     assert (layer.rotate_degrees, layer.shift, layer.cutout) == (10.0, 0.1, 0.3)
 
 
+@pytest.mark.slow
 def test_a_model_saved_under_the_layers_old_name_still_loads(tmp_path: Path) -> None:
     """Models in DVC caches and experiments were saved when the layer was ``BlogAugmentation``."""
     model = build_model(Params(image_size=32, conv_filters=(4,), kernel_size=3, dense_units=8))
@@ -289,6 +291,7 @@ def test_blur_smooths_and_a_zero_sigma_keeps_the_image() -> None:
     np.testing.assert_allclose(out[1].mean(), batch[1].mean(), rtol=0.02)
 
 
+@pytest.mark.slow
 def test_grayscale_input_model_ignores_colour_and_saves(tmp_path: Path) -> None:
     params = Params(
         image_size=16, conv_filters=(4,), kernel_size=3, dense_units=4, seed=1,

@@ -271,6 +271,7 @@ def _sixteen_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(gray.astype(np.uint16))  # mode I;16
 
 
+@pytest.mark.slow
 def test_every_format_and_mode_is_read_and_its_face_found(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -296,6 +297,7 @@ def test_every_format_and_mode_is_read_and_its_face_found(
         )
 
 
+@pytest.mark.slow
 def test_gif_uses_its_first_frame(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -309,6 +311,7 @@ def test_gif_uses_its_first_frame(
     assert faces == {"face_first.gif": FACE_DETECTED, "noise_first.gif": FACE_NONE}
 
 
+@pytest.mark.slow
 def test_exif_orientation_is_honoured(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -329,6 +332,7 @@ def test_exif_orientation_is_honoured(
     assert x + width <= 200 and y + height <= 160  # in the upright picture's pixels
 
 
+@pytest.mark.slow
 def test_one_row_per_face_and_whole_image_when_none(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -346,6 +350,7 @@ def test_one_row_per_face_and_whole_image_when_none(
     assert {tuple(row["box"]) for row in rows} == {(0, 0, 420, 240), (0, 0, 150, 100)}
 
 
+@pytest.mark.slow
 def test_table_says_when_no_face_was_found(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -364,6 +369,7 @@ def test_table_says_when_no_face_was_found(
 # --- JSON and CSV parse back ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_json_and_csv_parse_back_to_the_same_rows(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -395,6 +401,7 @@ def test_json_and_csv_parse_back_to_the_same_rows(
 # --- annotate -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_annotate_draws_boxes_and_labels(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -424,6 +431,7 @@ def test_annotate_draws_boxes_and_labels(
 # --- bad input ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_files_get_a_row_each_and_the_rest_is_predicted(
     tmp_path: Path,
     tiny_model: Path,
@@ -507,6 +515,7 @@ def test_missing_and_corrupt_model_are_one_line_errors(
         assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_batches_give_the_same_rows_as_one_batch(tmp_path: Path, tiny_model: Path) -> None:
     from agegap.model import load_trained_model
     from agegap.predict import Source, collect, predict
@@ -534,6 +543,7 @@ def test_batches_give_the_same_rows_as_one_batch(tmp_path: Path, tiny_model: Pat
 # --- score ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_score_agrees_with_predict_and_scoring(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -561,6 +571,7 @@ def test_score_agrees_with_predict_and_scoring(
     assert status == 0 and json.loads(out)["n_images"] == 12
 
 
+@pytest.mark.slow
 def test_score_follows_the_projects_tta_flip(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -590,6 +601,7 @@ def test_score_follows_the_projects_tta_flip(
     assert err.strip() == "error: params.yaml: tta_flip='maybe' is invalid: expected true or false"
 
 
+@pytest.mark.slow
 def test_score_reports_bad_files_and_scores_the_rest(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -605,6 +617,7 @@ def test_score_reports_bad_files_and_scores_the_rest(
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
 
 
+@pytest.mark.slow
 def test_score_one_class_folder_has_null_roc_auc(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -617,6 +630,7 @@ def test_score_one_class_folder_has_null_roc_auc(
     assert "undefined" in out
 
 
+@pytest.mark.slow
 def test_score_without_images_is_one_line_error(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -627,6 +641,7 @@ def test_score_without_images_is_one_line_error(
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_missing_haar_cascade_is_one_line_error(
     tmp_path: Path,
     tiny_model: Path,

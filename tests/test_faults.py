@@ -200,6 +200,7 @@ def test_agegap_error_is_what_a_full_disk_becomes(tmp_path: Path) -> None:
 # --- a damaged model -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
 def test_damaged_model_is_one_line_in_evaluate(
     project: Path, damage: str, capsys: pytest.CaptureFixture[str]
@@ -374,6 +375,7 @@ def test_a_name_of_255_bytes_is_extracted_as_usual(tmp_path: Path) -> None:
 # --- predict --annotate: two files of one name -----------------------------------------
 
 
+@pytest.mark.slow
 def test_annotating_two_files_of_one_name_makes_two_copies(
     tmp_path: Path, base_project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -50,6 +50,7 @@ def test_rotation_and_shift_move_pixels_and_stay_seeded() -> None:
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images)), images)
 
 
+@pytest.mark.slow
 def test_batch_norm_model_saves_and_loads(tmp_path: Path) -> None:
     params = Params(image_size=32, conv_filters=(4, 8), kernel_size=3, dense_units=8,
                     batch_norm=True, precision="float32")
@@ -84,6 +85,7 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(tmp_path: Path) ->
     assert result.best_epoch == 1
 
 
+@pytest.mark.slow
 def test_tta_flip_averages_an_image_with_its_mirror() -> None:
     inputs = keras.Input((8, 8, 3), dtype="uint8")
     x = keras.layers.Rescaling(1 / 255)(inputs)

@@ -27,6 +27,7 @@ def test_the_shapes_cover_every_activation() -> None:
     assert {activation for activation, _, _ in SHAPES} == set(ACTIVATIONS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("activation", "filters", "padding"), SHAPES)
 def test_every_activation_and_depth_saves_and_loads(
     tmp_path: Path, activation: str, filters: tuple[int, ...], padding: str

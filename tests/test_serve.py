@@ -200,6 +200,7 @@ def test_model_and_health_name_the_locked_experiment(server: Server, project: Pa
     assert model["limits"]["max_upload_mb"] == MAX_UPLOAD_MB
 
 
+@pytest.mark.slow
 def test_identity_of_a_model_dvc_lock_does_not_vouch_for(tmp_path: Path, tiny_model: Path) -> None:
     (tmp_path / "models").mkdir()
     model = tmp_path / "models" / "model.keras"
