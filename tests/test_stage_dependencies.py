@@ -312,15 +312,15 @@ def test_editing_a_module_makes_exactly_its_importers_stale(
                for path in change.get("changed deps", {})}
         for name, changes in status.items()
     }
-    expected = {
+    executed = {
         name: edited & set(executed_files(stage_module(stage), project))
         for name, stage in dvc_stages(project).items()
     }
-    # augment.py reaches train and evaluate only through the model, lag.py reaches
-    # average_faces only through the split stage.
+    expected = {name: files for name, files in executed.items() if files}
+    # augment.py reaches train and evaluate through the model; average_faces reads the
+    # split's manifest without executing the scanner that made it, so it stays up to date.
     assert expected == {
         "download": {"agegap/lag.py"}, "split": {"agegap/lag.py"},
-        "average_faces": {"agegap/lag.py"},
         "train": {"agegap/augment.py"}, "evaluate": {"agegap/augment.py"},
     }
     assert reported == expected, status
