@@ -14,8 +14,8 @@ from pathlib import Path
 
 STAGE_VARIABLE = "DVC_STAGE"  # set by DVC for every command it runs, inherited by its shell
 POLL_S = 1.0
-# After the interrupt, time to clean up; then the process exits regardless (SIGINT may be
-# ignored, inherited from a background shell, and then the interrupt does nothing).
+# After the interrupt, time to clean up; then the process exits regardless (a handler
+# installed later may swallow the interrupt).
 GRACE_S = 20.0
 _PROC = Path("/proc")
 
@@ -123,6 +123,10 @@ def stop_when_runner_dies(what: str) -> threading.Thread | None:
     runner = runner_pid()
     started = start_time(runner)
     parent = os.getppid()
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A shell starts background jobs (`dvc repro &`) with SIGINT ignored; the interrupt
+        # below must still reach the stage, so that it cleans up before it exits.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def gone() -> bool:
         return os.getppid() != parent or not is_alive(runner, started)

@@ -243,8 +243,8 @@ class Params(BaseModel):
     )
     precision: Precision = Field(
         "auto",
-        description="numeric precision; `auto`: bfloat16 on a GPU or on a CPU with AMX under "
-        "TensorFlow, float32 elsewhere",
+        description="numeric precision; `auto`: bfloat16 on a GPU or, under TensorFlow, on a CPU "
+        "that multiplies it natively (AMX, avx512_bf16), float32 elsewhere",
     )
     deterministic: bool = Field(
         True,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 
-from agegap.machine import cpu_has_amx, cpu_name, native_features
+from agegap.machine import bfloat16_unit, cpu_name, native_features, onednn_isa_cap
 from agegap.params import Params
 
 
@@ -55,25 +57,26 @@ def accelerator_name() -> str:
 def choose_precision(requested: str) -> tuple[str, str]:
     """The precision policy for ``requested``, and why, in words recorded with the run.
 
-    ``auto`` means bfloat16 where the hardware and the backend make it fast: any GPU,
-    or a CPU with AMX under TensorFlow (oneDNN runs bf16 convolutions on the AMX tiles).
-    XLA's CPU backend (JAX, or TensorFlow with ``jit_compile=True``) has no such kernels,
-    so ``auto`` stays float32 on a CPU under other backends (docs/performance.md).
+    ``auto`` means bfloat16 where the hardware and the backend make it fast: any GPU, or
+    a CPU whose oneDNN kernels multiply bfloat16 natively (AMX or ``avx512_bf16``) under
+    TensorFlow. XLA's CPU backend (JAX) has no such kernels, so ``auto`` stays float32 on
+    a CPU under other backends; docs/performance.md has the measurements.
     """
     if requested != "auto":
         return requested, "set in params.yaml"
     if has_gpu():
         return "mixed_bfloat16", "auto: a GPU"
     backend = keras.backend.backend()
-    if cpu_has_amx() and backend == "tensorflow":
-        return "mixed_bfloat16", "auto: the CPU has AMX (amx_bf16) and the backend is tensorflow"
-    if cpu_has_amx():
-        return "float32", f"auto: the CPU has AMX but the {backend} backend does not use it"
-    return "float32", "auto: the CPU has no AMX (amx_bf16) and there is no GPU"
-
-
-def resolve_precision(requested: str) -> str:
-    return choose_precision(requested)[0]
+    unit = bfloat16_unit()
+    if unit is None:
+        cap = onednn_isa_cap()
+        capped = f" under ONEDNN_MAX_CPU_ISA={cap}" if cap else ""
+        return "float32", f"auto: the CPU has no native bfloat16 (amx_bf16, avx512_bf16){capped}"
+    if backend != "tensorflow":
+        return "float32", f"auto: the CPU has {unit} but the {backend} backend does not use it"
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        return "float32", f"auto: the CPU has {unit} but TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off"
+    return "mixed_bfloat16", f"auto: the CPU multiplies bfloat16 natively ({unit}) under tensorflow"
 
 
 def configure(params: Params) -> dict[str, str | bool]:

@@ -142,17 +142,24 @@ STAGE = """
 """
 
 
-@pytest.mark.parametrize("through_shell", [False, True], ids=["exec", "shell-between"])
+@pytest.mark.parametrize(
+    ("through_shell", "sigint_ignored"),
+    [(False, False), (True, False), (False, True)],
+    ids=["exec", "shell-between", "background-job"],
+)
 def test_a_stage_stops_when_the_dvc_that_started_it_is_killed(
-    tmp_path: Path, through_shell: bool
+    tmp_path: Path, through_shell: bool, sigint_ignored: bool
 ) -> None:
+    """``background-job``: ``dvc repro &`` in a shell starts everything with SIGINT ignored,
+    and the stage must still be interrupted, not only ended after the grace period."""
     stage = [sys.executable, "-c", textwrap.dedent(STAGE)]
     if through_shell:  # a shell that does not exec its command stays between DVC and it
         stage = ["/bin/sh", "-c", '"$0" "$@"; true', *stage]
     # A stand-in for DVC: runs the command with DVC_STAGE set, as DVC does.
     runner_code = (
-        "import os, subprocess, sys;"
-        " subprocess.run(sys.argv[1:], env={**os.environ, 'DVC_STAGE': 'train'})"
+        "import os, signal, subprocess, sys;"
+        + (" signal.signal(signal.SIGINT, signal.SIG_IGN);" if sigint_ignored else "")
+        + " subprocess.run(sys.argv[1:], env={**os.environ, 'DVC_STAGE': 'train'})"
     )
     log = tmp_path / "stage.log"
     with log.open("w") as out:

@@ -1,7 +1,7 @@
 """Training is reproducible on CPU, and the speed settings do not change what is learnt.
 
 ``params.deterministic: true`` promises the same metrics on every CPU run; the speed-ups
-(bfloat16 where the CPU has AMX, several steps per execution) must keep that promise.
+(bfloat16 where the CPU multiplies it natively, several steps per execution) must keep that promise.
 Tiny images and a tiny network keep each run to a few seconds.
 """
 
@@ -66,7 +66,7 @@ def history(
 def test_two_runs_give_identical_histories(
     tmp_path: Path, restore_globals: None, precision: str
 ) -> None:
-    """``auto`` is what ``params.yaml`` ships: mixed_bfloat16 on an AMX CPU."""
+    """``auto`` is what ``params.yaml`` ships: mixed_bfloat16 on a CPU with AMX or avx512_bf16."""
     first = history(tmp_path, "first", precision, None)
     second = history(tmp_path, "second", precision, None)
     assert first == second
