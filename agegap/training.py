@@ -139,6 +139,26 @@ def steps_per_execution(steps: int, limit: int = MAX_STEPS_PER_EXECUTION) -> int
     return max(d for d in range(1, min(steps, limit) + 1) if steps % d == 0)
 
 
+def compiled_model(
+    params: Params,
+    steps: int,
+    *,
+    jit_compile: bool | str = "auto",
+    execution_steps: int | None = None,
+) -> keras.Model:
+    """A fresh network for ``params``, compiled as every training run compiles it, for
+    ``steps`` batches per epoch: the benchmark times this very model without the pipeline."""
+    model = build_model(params)
+    model.compile(
+        optimizer=make_optimizer(params, total_steps=steps * params.epochs),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
+        metrics=[keras.metrics.MeanMetricWrapper(majority_label_accuracy, name="accuracy")],
+        jit_compile=jit_compile,
+        steps_per_execution=execution_steps or steps_per_execution(steps),
+    )
+    return model
+
+
 def train_model(
     params: Params,
     train: ImageSet,
@@ -159,14 +179,7 @@ def train_model(
     oneDNN (docs/performance.md).
     """
     steps = steps_per_epoch(params, len(train))
-    model = build_model(params)
-    model.compile(
-        optimizer=make_optimizer(params, total_steps=steps * params.epochs),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
-        metrics=[keras.metrics.MeanMetricWrapper(majority_label_accuracy, name="accuracy")],
-        jit_compile=jit_compile,
-        steps_per_execution=execution_steps or steps_per_execution(steps),
-    )
+    model = compiled_model(params, steps, jit_compile=jit_compile, execution_steps=execution_steps)
     timer = EpochTimer()
     checkpoint = keras.callbacks.ModelCheckpoint(
         str(model_path), monitor=MONITOR, mode="max", save_best_only=True, verbose=0

@@ -1,4 +1,5 @@
-"""Training throughput: the project's training path against the blog's Keras 2 loop.
+"""Training throughput: the project's training path against the blog's Keras 2 loop, the
+bare network and the hardware's own limit (matrix-product peak / FLOPs per image).
 
 Method, output and figures: docs/performance.md.
 """
@@ -26,7 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agegap import CLASS_NAMES  # noqa: E402
-from agegap.machine import cpu_has_amx, cpu_name  # noqa: E402
+from agegap.machine import (  # noqa: E402
+    bfloat16_unit,
+    cpu_name,
+    native_features,
+    onednn_isa_cap,
+)
 
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "LAGdataset_100.zip"
 IMAGE_SIZE = 100
@@ -102,28 +108,40 @@ def write_pngs(arrays: dict[str, np.ndarray], folder: Path) -> None:
             Image.fromarray(image).save(target, compress_level=1)
 
 
-# ------------------------------------------------------------------- child: (a)
+# ------------------------------------------------------ children: (a), (d), bare network
+
+
+def run_params(recipe: str, batch_size: int, epochs: int, images: int, augment: bool) -> Any:
+    """``recipe``: ``blog``, the network and training both sides share, or ``default``,
+    ``params.yaml``'s; at the benchmark's batch size, epochs and images per epoch."""
+    from agegap.params import load_params, params_from_dict
+
+    if recipe == "default":
+        base, source = load_params(REPO / "params.yaml").model_dump(), "params.yaml"
+    else:
+        recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
+        base, source = recipes["blog"], "bench/accuracy_recipes.yaml"
+    overrides: dict[str, Any] = {
+        **base, "batch_size": batch_size, "epochs": epochs, "train_images_per_epoch": images
+    }
+    if not augment:
+        overrides.update(augment_shear_degrees=0.0, augment_zoom=0.0, augment_flip=False,
+                         augment_cutout=0.0)
+    return params_from_dict(overrides, source=source)
 
 
 def child_project(
-    data: Path, batch_size: int, epochs: int, augment: bool, images: int
+    data: Path, recipe: str, batch_size: int, epochs: int, augment: bool, images: int
 ) -> dict[str, Any]:
-    """The project's path: ``configure`` + ``train_model`` on the blog's recipe."""
+    """The project's path: ``configure`` + ``train_model`` (in-model augmentation, the
+    ``tf.data`` stream, validation and checkpoint each epoch)."""
 
     from agegap.dataset import ImageSet
-    from agegap.params import params_from_dict
-    from agegap.runtime import accelerator_name, configure
+    from agegap.runtime import configure
     from agegap.training import EpochTimer, train_model
 
     arrays = np.load(data / "arrays.npz")
-    recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
-    overrides: dict[str, Any] = {
-        **recipes["blog"],
-        "batch_size": batch_size, "epochs": epochs, "train_images_per_epoch": images
-    }
-    if not augment:
-        overrides.update(augment_shear_degrees=0.0, augment_zoom=0.0, augment_flip=False)
-    params = params_from_dict(overrides, source="bench/accuracy_recipes.yaml")
+    params = run_params(recipe, batch_size, epochs, images, augment)
     settings = configure(params)
     train = ImageSet(arrays["train_x"], arrays["train_y"])
     validation = ImageSet(arrays["validation_x"], arrays["validation_y"])
@@ -133,15 +151,105 @@ def child_project(
         result = train_model(
             params, train, validation, Path(tmp) / "model.keras", [cpu, timer], verbose=0
         )
-    images = result.steps_per_epoch * batch_size
     return {
-        "images_per_second": result.train_images_per_second,
-        "best_epoch_images_per_second": images
-        / min(timer.train_seconds[1:] or timer.train_seconds),
-        "seconds_per_epoch": result.seconds_per_epoch,
-        "cpu_ms_per_image": _ms_per_image(cpu.train_seconds, images),
+        **_timed(timer, cpu, result.steps_per_epoch * batch_size),
         "best_val_accuracy": result.best_val_accuracy,
-        "settings": {**settings, "accelerator": accelerator_name()},
+        "settings": settings,
+    }
+
+
+def child_bare(data: Path, batch_size: int, epochs: int, images: int) -> dict[str, Any]:
+    """The network alone: the blog recipe's model without augmentation, compiled as every
+    run is (``compiled_model``), ``fit`` on arrays in memory, the same run settings."""
+    from agegap.runtime import configure
+    from agegap.training import EpochTimer, compiled_model
+
+    arrays = np.load(data / "arrays.npz")
+    params = run_params("blog", batch_size, epochs, images, augment=False)
+    settings = configure(params)
+    steps = max(1, images // batch_size)
+    model = compiled_model(params, steps)
+    count = steps * batch_size
+    cpu = EpochTimer(clock=time.process_time)
+    timer = EpochTimer()
+    model.fit(
+        arrays["train_x"][:count], arrays["train_y"][:count], batch_size=batch_size,
+        epochs=epochs, shuffle=False, callbacks=[cpu, timer], verbose=0,
+    )
+    return {
+        **_timed(timer, cpu, count),
+        "flops_per_image": training_flops(model),
+        "settings": settings,
+    }
+
+
+def training_flops(model: Any) -> dict[str, float]:
+    """FLOPs of one training image, counted from the model's layers.
+
+    A multiply-add is 2 FLOPs. Forward: every convolution and dense layer. Backward: the
+    weight gradients (as many FLOPs as the forward) and the input gradients (as many
+    again) of every such layer but the first, whose input needs no gradient. Bias,
+    activations, pooling and the optimizer are left out: they add no matrix products.
+    """
+    import keras
+
+    multiply_adds = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel_h, kernel_w, channels_in, _ = layer.kernel.shape
+            _, height, width, channels_out = layer.output.shape
+            multiply_adds.append(height * width * channels_out * kernel_h * kernel_w * channels_in)
+        elif isinstance(layer, keras.layers.Dense):
+            multiply_adds.append(int(np.prod(layer.kernel.shape)))
+    forward = 2.0 * sum(multiply_adds)
+    input_gradients = 2.0 * sum(multiply_adds[1:])
+    return {
+        "forward": forward,
+        "weight_gradients": forward,
+        "input_gradients": input_gradients,
+        "total": 2 * forward + input_gradients,
+    }
+
+
+def child_matmul(size: int = 2048, repeats: int = 10) -> dict[str, Any]:
+    """The CPU's matrix-product peak at the run's precision: a ``size`` square ``tf.matmul``
+    in the compute dtype ``configure`` chose (bfloat16 under ``mixed_bfloat16``)."""
+    import tensorflow as tf
+
+    from agegap.runtime import configure
+
+    params = run_params("blog", 16, 1, 16, augment=False)
+    settings = configure(params)
+    dtype = "bfloat16" if settings["precision"] == "mixed_bfloat16" else "float32"
+    a = tf.cast(tf.random.stateless_normal((size, size), seed=(1, 2)), dtype)
+    b = tf.cast(tf.random.stateless_normal((size, size), seed=(3, 4)), dtype)
+    product = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], "float32")))
+    product(a, b).numpy()  # trace, and let oneDNN create its kernel
+    seconds = []
+    for _ in range(7):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            result = product(a, b)
+        result.numpy()
+        seconds.append((time.perf_counter() - started) / repeats)
+    return {
+        "gflops": 2.0 * size**3 / min(seconds) / 1e9,
+        "gflops_median": 2.0 * size**3 / statistics.median(seconds) / 1e9,
+        "dtype": dtype,
+        "size": size,
+        "settings": settings,
+    }
+
+
+def _timed(timer: Any, cpu: Any, images: int) -> dict[str, float]:
+    """Images/s (mean over the epochs after the first), fastest epoch, s/epoch, CPU-ms."""
+    train_seconds = timer.train_seconds[1:] or timer.train_seconds
+    epoch_seconds = timer.epoch_seconds[1:] or timer.epoch_seconds
+    return {
+        "images_per_second": images / float(np.mean(train_seconds)),
+        "best_epoch_images_per_second": images / min(train_seconds),
+        "seconds_per_epoch": float(np.mean(epoch_seconds)),
+        "cpu_ms_per_image": _ms_per_image(cpu.train_seconds, images),
     }
 
 
@@ -202,13 +310,8 @@ def child_blog(data: Path, batch_size: int, epochs: int, images: int) -> dict[st
         callbacks=[timer, cpu],
         verbose=0,
     ).history
-    train_seconds = timer.train_seconds[1:] or timer.train_seconds
-    epoch_seconds = timer.epoch_seconds[1:] or timer.epoch_seconds
     return {
-        "images_per_second": steps * batch_size / float(np.mean(train_seconds)),
-        "best_epoch_images_per_second": steps * batch_size / min(train_seconds),
-        "seconds_per_epoch": float(np.mean(epoch_seconds)),
-        "cpu_ms_per_image": _ms_per_image(cpu.train_seconds, steps * batch_size),
+        **_timed(timer, cpu, steps * batch_size),
         "best_val_accuracy": float(max(history["val_accuracy"])),
         "settings": {"backend": "tf_keras " + tf_keras.__version__, "tensorflow": tf.__version__},
     }
@@ -252,7 +355,8 @@ def _ms_per_image(seconds: list[float], images_per_epoch: int) -> float:
 
 
 def machine() -> dict[str, str]:
-    """CPU model, cores, AMX, Keras backend and GPU name (if ``nvidia-smi`` sees one)."""
+    """CPU model, cores, the features that decide its kernels, oneDNN's cap, Keras backend
+    and GPU name (if ``nvidia-smi`` sees one)."""
     gpu = "none"
     if shutil.which("nvidia-smi"):
         query = subprocess.run(
@@ -262,7 +366,9 @@ def machine() -> dict[str, str]:
         gpu = ", ".join(query.stdout.split("\n")[:-1]) or "none"
     return {
         "cpu": cpu_name(),
-        "amx_bf16": "yes" if cpu_has_amx() else "no",
+        "features": " ".join(native_features()) or "none of avx2, avx512f, amx",
+        "native bfloat16": bfloat16_unit() or "none",
+        "ONEDNN_MAX_CPU_ISA": onednn_isa_cap() or "not set",
         "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "gpu": gpu,
         "python": platform.python_version(),
@@ -293,6 +399,32 @@ def run_child(args: list[str], env: dict[str, str], work: Path) -> dict[str, Any
     return result
 
 
+# The sides, in the order of a round: (a) the project's path on the blog's recipe, (b) the
+# blog's loop, (d) the project's path on params.yaml's default recipe, the bare network,
+# and the matrix-product peak. Odd rounds run them in reverse.
+SIDES = ("project", "blog", "default", "bare", "matmul")
+SIDE_NAMES = {
+    "project": "(a) project, blog recipe",
+    "blog": "(b) blog, Keras 2 loop",
+    "default": "(d) project, default recipe",
+    "bare": "bare network, arrays in memory",
+}
+
+
+def child_result(args: argparse.Namespace) -> dict[str, Any]:
+    if args.child == "project":
+        return child_project(args.workdir, "blog", args.batch_size, args.epochs,
+                             not args.no_augment, args.images_per_epoch)
+    if args.child == "default":
+        return child_project(args.workdir, "default", args.batch_size, args.epochs,
+                             not args.no_augment, args.images_per_epoch)
+    if args.child == "bare":
+        return child_bare(args.workdir, args.batch_size, args.epochs, args.images_per_epoch)
+    if args.child == "matmul":
+        return child_matmul()
+    return child_blog(args.workdir, args.batch_size, args.epochs, args.images_per_epoch)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first is not timed")
@@ -300,28 +432,23 @@ def main(argv: list[str] | None = None) -> None:
                         help="project batch sizes to time, e.g. 16 128 (the blog runs at 16)")
     parser.add_argument("--augment", choices=("on", "off", "both"), default="on",
                         help="the project's augmentation (the blog loop always augments)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds")
     parser.add_argument("--images-per-epoch", type=int, default=BLOG_TRAIN_IMAGES,
                         help="training images per epoch (the blog's 1200; less for a smoke run)")
     parser.add_argument("--data", choices=("auto", "real", "random"), default="auto")
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--no-blog", action="store_true", help="skip (b), the Keras 2 loop")
+    parser.add_argument("--no-limit", action="store_true",
+                        help="skip (d), the bare network and the matrix-product peak")
     parser.add_argument("--json", type=Path, help="also write all results here")
-    parser.add_argument("--child", choices=("project", "blog"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--no-augment", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        if args.child == "project":
-            result = child_project(
-                args.workdir, args.batch_size, args.epochs, not args.no_augment,
-                args.images_per_epoch,
-            )
-        else:
-            result = child_blog(args.workdir, args.batch_size, args.epochs, args.images_per_epoch)
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        print(RESULT_PREFIX + json.dumps(child_result(args)), flush=True)
         return
 
     info = machine()
@@ -361,8 +488,7 @@ def main(argv: list[str] | None = None) -> None:
                   "--images-per-epoch", str(args.images_per_epoch)]
         for round_index in range(args.repeats):
             for batch, augment in configs:
-                with_blog = blog and batch == 16 and augment
-                order = ["project", "blog"] if with_blog else ["project"]
+                order = [side for side in SIDES if _runs(side, batch, augment, blog, args)]
                 if round_index % 2:
                     order.reverse()
                 for side in order:
@@ -371,19 +497,9 @@ def main(argv: list[str] | None = None) -> None:
                         child_args.append("--no-augment")
                     result = run_child(child_args, env, work)
                     row = {"round": round_index + 1, "side": side, "batch": batch,
-                           "augment": augment, **result}
+                           "augment": augment and side not in ("bare", "matmul"), **result}
                     rows.append(row)
-                    print(
-                        f"  round {row['round']} {side:7s} batch {batch:3d} "
-                        f"augment {'on ' if augment else 'off'}: "
-                        f"{row['images_per_second']:8.1f} images/s "
-                        f"(fastest epoch {row['best_epoch_images_per_second']:6.1f}), "
-                        f"{row['cpu_ms_per_image']:6.2f} CPU-ms/image, "
-                        f"{row['seconds_per_epoch']:6.2f} s/epoch, "
-                        f"peak {row['peak_rss_mb']:6.0f} MB, "
-                        f"best val_acc {row['best_val_accuracy']:.3f}",
-                        flush=True,
-                    )
+                    print(f"  round {row['round']} " + _row_line(row), flush=True)
     settings = next((r["settings"] for r in rows if r["side"] == "project"), {})
     print("project settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     print(summary(rows))
@@ -391,28 +507,70 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
 
 
+def _runs(side: str, batch: int, augment: bool, blog: bool, args: argparse.Namespace) -> bool:
+    """Whether ``side`` runs for this configuration: (b) only at the blog's batch 16 with
+    augmentation, the limit's sides once per batch size (they do not augment)."""
+    if side == "project":
+        return True
+    if side == "blog":
+        return blog and batch == 16 and augment
+    if args.no_limit:
+        return False
+    return side == "default" or augment or args.augment == "off"
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    if row["side"] == "matmul":
+        return (f"matmul  {row['size']}x{row['size']} {row['dtype']}: "
+                f"{row['gflops']:6.0f} GFLOP/s (median {row['gflops_median']:.0f})")
+    accuracy = row.get("best_val_accuracy")
+    return (
+        f"{row['side']:7s} batch {row['batch']:3d} augment {'on ' if row['augment'] else 'off'}: "
+        f"{row['images_per_second']:8.1f} images/s "
+        f"(fastest epoch {row['best_epoch_images_per_second']:6.1f}), "
+        f"{row['cpu_ms_per_image']:6.2f} CPU-ms/image, "
+        f"{row['seconds_per_epoch']:6.2f} s/epoch, "
+        f"peak {row['peak_rss_mb']:6.0f} MB"
+        + (f", best val_acc {accuracy:.3f}" if accuracy is not None else "")
+    )
+
+
 def summary(rows: list[dict[str, Any]]) -> str:
-    """A markdown table: medians per configuration, and the ratio (a)/(b) per round."""
+    """Markdown: medians per configuration, the ratio (a)/(b) per round, and the hardware
+    ceiling with the fraction of it each side reaches."""
+    return "\n".join(_throughput_table(rows) + _blog_ratio(rows) + _ceiling(rows))
+
+
+def _throughput_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "",
         "| run | batch | augment | images/s (median) | fastest epoch, images/s | CPU-ms/image "
         "| s/epoch | peak MB |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    keys = sorted({(r["side"], r["batch"], r["augment"]) for r in rows},
-                  key=lambda k: (k[0] != "blog", k[1], not k[2]))
-    for side, batch, augment in keys:
-        key = (side, batch, augment)
-        chosen = [r for r in rows if (r["side"], r["batch"], r["augment"]) == key]
-        name = "(b) blog, Keras 2 loop" if side == "blog" else "(a) project"
+    for (side, batch, augment), chosen in _configurations(rows):
         lines.append(
-            f"| {name} | {batch} | {'on' if augment else 'off'} | "
+            f"| {SIDE_NAMES[side]} | {batch} | {'on' if augment else 'off'} | "
             f"{statistics.median(r['images_per_second'] for r in chosen):.0f} | "
             f"{max(r['best_epoch_images_per_second'] for r in chosen):.0f} | "
             f"{statistics.median(r['cpu_ms_per_image'] for r in chosen):.2f} | "
             f"{statistics.median(r['seconds_per_epoch'] for r in chosen):.2f} | "
             f"{max(r['peak_rss_mb'] for r in chosen):.0f} |"
         )
+    return lines
+
+
+def _configurations(rows: list[dict[str, Any]]) -> list[tuple[tuple, list[dict[str, Any]]]]:
+    """The timed rows grouped by (side, batch, augment), in the order of ``SIDES``."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["side"] != "matmul":
+            groups.setdefault((row["side"], row["batch"], row["augment"]), []).append(row)
+    return sorted(groups.items(), key=lambda item: (SIDES.index(item[0][0]), item[0][1],
+                                                    not item[0][2]))
+
+
+def _blog_ratio(rows: list[dict[str, Any]]) -> list[str]:
     pairs = []
     for round_index in sorted({r["round"] for r in rows}):
         a = [r for r in rows if r["round"] == round_index and r["side"] == "project"
@@ -420,25 +578,66 @@ def summary(rows: list[dict[str, Any]]) -> str:
         b = [r for r in rows if r["round"] == round_index and r["side"] == "blog"]
         if a and b:
             pairs.append((a[0], b[0]))
-    if pairs:
-        ratios = [a["images_per_second"] / b["images_per_second"] for a, b in pairs]
-        cpu_ratios = [b["cpu_ms_per_image"] / a["cpu_ms_per_image"] for a, b in pairs]
-        a_median = statistics.median(a["images_per_second"] for a, _ in pairs)
-        b_median = statistics.median(b["images_per_second"] for _, b in pairs)
-        a_best = max(a["best_epoch_images_per_second"] for a, _ in pairs)
-        b_best = max(b["best_epoch_images_per_second"] for _, b in pairs)
-        lines += [
-            "",
-            # Each round's (a) and (b) ran back to back, so their ratio sees similar load;
-            # the median over rounds is the headline figure.
-            f"ratio (a)/(b), images/s at batch 16 with augmentation: "
-            f"{statistics.median(ratios):.2f} (median of rounds; per round "
-            + ", ".join(f"{x:.2f}" for x in ratios)
-            + f"); ratio of the medians {a_median / b_median:.2f}",
-            f"ratio of the fastest epochs (least disturbed by other load): {a_best / b_best:.2f}",
-            "ratio of CPU time per image (b)/(a): " + ", ".join(f"{x:.2f}" for x in cpu_ratios),
-        ]
-    return "\n".join(lines)
+    if not pairs:
+        return []
+    ratios = [a["images_per_second"] / b["images_per_second"] for a, b in pairs]
+    cpu_ratios = [b["cpu_ms_per_image"] / a["cpu_ms_per_image"] for a, b in pairs]
+    a_median = statistics.median(a["images_per_second"] for a, _ in pairs)
+    b_median = statistics.median(b["images_per_second"] for _, b in pairs)
+    a_best = max(a["best_epoch_images_per_second"] for a, _ in pairs)
+    b_best = max(b["best_epoch_images_per_second"] for _, b in pairs)
+    return [
+        "",
+        # Each round's (a) and (b) ran back to back, so their ratio sees similar load;
+        # the median over rounds is the headline figure.
+        f"ratio (a)/(b), images/s at batch 16 with augmentation: "
+        f"{statistics.median(ratios):.2f} (median of rounds; per round "
+        + ", ".join(f"{x:.2f}" for x in ratios)
+        + f"); ratio of the medians {a_median / b_median:.2f}",
+        f"ratio of the fastest epochs (least disturbed by other load): {a_best / b_best:.2f}",
+        "ratio of CPU time per image (b)/(a): " + ", ".join(f"{x:.2f}" for x in cpu_ratios),
+    ]
+
+
+def _ceiling(rows: list[dict[str, Any]]) -> list[str]:
+    """The images/s the CPU's matrix-product peak allows the network, and how close each
+    side comes (medians of the rounds; the peak is each round's best of 7)."""
+    peaks = [r for r in rows if r["side"] == "matmul"]
+    bare = [r for r in rows if r["side"] == "bare"]
+    if not peaks or not bare:
+        return []
+    flops = bare[0]["flops_per_image"]
+    peak = statistics.median(r["gflops"] for r in peaks)
+    ceiling = peak * 1e9 / flops["total"]
+    lines = [
+        "",
+        f"FLOPs per training image, counted from the model: {flops['total'] / 1e9:.3f} GFLOP "
+        f"= forward {flops['forward'] / 1e9:.3f} + weight gradients "
+        f"{flops['weight_gradients'] / 1e9:.3f} + input gradients "
+        f"{flops['input_gradients'] / 1e9:.3f} (a multiply-add is 2 FLOPs; convolutions and "
+        "dense layers only; no input gradient for the first layer)",
+        f"matrix-product peak ({peaks[0]['size']}x{peaks[0]['size']} {peaks[0]['dtype']}): "
+        f"{peak:.0f} GFLOP/s (median of rounds: "
+        + ", ".join(f"{r['gflops']:.0f}" for r in peaks) + ")",
+        f"hardware ceiling: {ceiling:.0f} images/s ({peak:.0f} GFLOP/s / "
+        f"{flops['total'] / 1e9:.3f} GFLOP per image)",
+        "",
+        "| run | batch | augment | images/s (median) | share of the ceiling "
+        "| share of the bare network |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    bare_median = {
+        batch: statistics.median(r["images_per_second"] for r in bare if r["batch"] == batch)
+        for batch in {r["batch"] for r in bare}
+    }
+    for (side, batch, augment), chosen in _configurations(rows):
+        median = statistics.median(r["images_per_second"] for r in chosen)
+        of_bare = f"{median / bare_median[batch]:.0%}" if batch in bare_median else "-"
+        lines.append(
+            f"| {SIDE_NAMES[side]} | {batch} | {'on' if augment else 'off'} | {median:.0f} | "
+            f"{median / ceiling:.0%} | {of_bare} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":
