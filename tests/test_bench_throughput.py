@@ -57,7 +57,7 @@ def test_the_summary_gives_the_ceiling_and_each_sides_share() -> None:
          "gflops_median": 190.0, "dtype": "bfloat16", "size": 2048},
     ]
     text = bench.summary(rows)
-    # The peak is the median of the rounds' peaks: 250 GFLOP/s / 0.5 GFLOP = 500 images/s.
+    # The peak is the median of the rounds' peaks, 250; the ceiling is 250 / 0.5 per image.
     assert "hardware ceiling: 500 images/s (250 GFLOP/s / 0.500 GFLOP per image)" in text
     assert "| (a) project, blog recipe | 16 | on | 410 | 82% | 84% |" in text
     assert "| bare network, arrays in memory | 16 | off | 490 | 98% | 100% |" in text
