@@ -163,7 +163,8 @@ def child_bare(data: Path, batch_size: int, epochs: int, images: int) -> dict[st
     run is (``compiled_model``), ``fit`` on arrays in memory, the same run settings.
 
     The batches are slices of tensors already in memory (``tf.data``): Keras' own adapter
-    for numpy arrays made some float32 epochs 30% slower than others on the same CPU.
+    for numpy arrays made some float32 epochs far slower than others on the same CPU
+    (docs/performance.md).
     """
     import tensorflow as tf
 
@@ -411,7 +412,7 @@ def run_child(args: list[str], env: dict[str, str], work: Path) -> dict[str, Any
 
 # The sides, in the order of a round: (a) the project's path on the blog's recipe, (b) the
 # blog's loop, (d) the project's path on params.yaml's default recipe, the bare network,
-# and the matrix-product peak. Odd rounds run them in reverse.
+# and the matrix-product peak. Every second round runs them in reverse.
 SIDES = ("project", "blog", "default", "bare", "matmul")
 SIDE_NAMES = {
     "project": "(a) project, blog recipe",
