@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -119,8 +118,10 @@ def run_params(recipe: str, batch_size: int, epochs: int, images: int, augment: 
     if recipe == "default":
         base, source = load_params(REPO / "params.yaml").model_dump(), "params.yaml"
     else:
-        recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
-        base, source = recipes["blog"], "bench/accuracy_recipes.yaml"
+        from flows.study_plan import load_study, study_path
+
+        base = load_study(study_path(REPO, "accuracy")).row("blog").overrides
+        source = "studies/accuracy.yaml"
     overrides: dict[str, Any] = {
         **base, "batch_size": batch_size, "epochs": epochs, "train_images_per_epoch": images
     }

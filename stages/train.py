@@ -35,7 +35,7 @@ def train(
     """Train on ``root/data/split`` and write the model, metrics and logs under ``root``.
 
     ``dvclive=False`` skips the curves, and so the import of DVC, which a machine that
-    only trains (a JAX-only GPU box running ``bench/accuracy.py``) may not have; the
+    only trains (a JAX-only GPU box without DVC) may not have; the
     model and ``train_metrics.json`` do not depend on it.
     """
     settings = configure(params)

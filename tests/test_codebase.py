@@ -38,7 +38,7 @@ MEASURED_RESULT = re.compile(
 )
 
 # Text a reader of the repository sees; reports/ may say which study measured what.
-LABEL_FREE = ("*.py", "params.yaml", "dvc.yaml", "experiments.yaml", "README.md", "docs/*.md")
+LABEL_FREE = ("*.py", "params.yaml", "dvc.yaml", "studies/*.yaml", "README.md", "docs/*.md")
 BENCH_YAML = ("bench/*.yaml", "bench/*.yml")
 
 

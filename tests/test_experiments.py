@@ -1,9 +1,9 @@
-"""The study flow (``flows.experiments``) on a synthetic archive in a temporary git repo.
+"""A study run as real DVC experiments on DVC's queue, in a temporary git repo.
 
-One study run covers the three promises: a row x two repeats x one epoch gives a
-report with means and standard deviations; a row with an invalid override is
-reported failed while the other completes; the rows come from a study file the test
-writes itself, so adding a row needs no code change.
+One study covers the promises: two seeds of a row become two named experiments and a
+report with mean and spread; a row with an invalid override is reported failed with
+its reason while the other runs; a rerun runs nothing that exists, even after the row
+is renamed; the study file is data the test writes itself.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.experiments import load_study, plan_runs, select_rows, study
+from flows.experiments import main, run_study
+from flows.study_plan import identity_of
 from tests.conftest import run
 
 pytestmark = [
@@ -29,69 +30,76 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning"),
 ]
 
-ROWS = [
-    {"name": "wide-dropout", "set": {"dropout": 0.5}, "blog": {"test_accuracy": 0.83}},
-    {"name": "too-big-kernel", "set": {"kernel_size": 40, "padding": "valid"}},
-]
+
+def trial_study(good_row: str) -> dict[str, Any]:
+    return {
+        "seeds": [0, 1],
+        "split_strategies": ["image"],
+        "set": {"epochs": 1},
+        "rows": [
+            {"name": good_row, "set": {"dropout": 0.5}, "reference": {"test_accuracy": 0.83}},
+            {"name": "too-big-kernel", "set": {"kernel_size": 40, "padding": "valid"}},
+        ],
+    }
 
 
-def test_the_study_file_is_data(tmp_path: Path) -> None:
-    path = tmp_path / "experiments.yaml"
-    path.write_text(yaml.safe_dump({"rows": ROWS}), encoding="utf-8")
-    rows = load_study(path)
-    assert [row.name for row in rows] == ["wide-dropout", "too-big-kernel"]
-    assert [row.name for row in select_rows(rows, ["too-big-kernel"])] == ["too-big-kernel"]
-    runs = plan_runs(rows[:1], repeats=3, epochs=2, study="s")
-    assert [(r.name, r.overrides["seed"], r.overrides["split_seed"]) for r in runs] == [
-        ("s-wide-dropout-s0", 0, 0),
-        ("s-wide-dropout-s1", 1, 1),
-        ("s-wide-dropout-s2", 2, 2),
-    ]
-    assert all(r.overrides["epochs"] == 2 and r.overrides["dropout"] == 0.5 for r in runs)
+def experiments(project: Path) -> list[str]:
+    return run(["dvc", "exp", "list", "--name-only"], project).stdout.split()
 
 
-def test_the_projects_study_has_the_blogs_rows() -> None:
-    rows = load_study(Path(__file__).resolve().parents[1] / "experiments.yaml")
-    assert [row.name for row in rows] == [
-        "baseline", "dropout-0.2", "adam", "kernel-5", "dropout-0.1", "padding-valid",
-        "prelu", "leaky-relu", "batch-8", "batch-16", "batch-32", "deeper",
-    ]  # fmt: skip
-    best = {row.name: row for row in rows}["dropout-0.1"]
-    assert best.overrides["kernel_size"] == 5 and best.overrides["dropout"] == 0.1
-    assert best.blog is not None and best.blog["test_accuracy"] == 0.9124
-
-
-def test_two_rows_two_repeats_and_a_failing_row(
+def test_a_study_runs_what_is_missing_and_reports_from_dvc(
     prefect_harness: str,  # noqa: F811 - the fixture imported above
     synthetic_zip: Any,
     make_project: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     project = make_project(synthetic_zip.path)
-    (project / "experiments.yaml").write_text(yaml.safe_dump({"rows": ROWS}), encoding="utf-8")
+    trial = project / "studies" / "trial.yaml"
+    trial.parent.mkdir(exist_ok=True)
+    trial.write_text(yaml.safe_dump(trial_study("wide-dropout")), encoding="utf-8")
     # Data stages once, committed, so each queued experiment only trains and evaluates.
     run(["dvc", "repro", "average_faces"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "data stages"], project)
 
-    state = study(workspace=str(project), repeats=2, epochs=1, jobs=2, return_state=True)
+    state = run_study(workspace=str(project), study="trial", jobs=2, return_state=True)
     assert state.is_completed(), state.message
-    table = {line["row"]: line for line in state.result()}
+    result = state.result()
+    (line,) = result["summary"]
+    assert (line["row"], line["strategy"], line["runs"], line["seeds"]) == (
+        "wide-dropout", "image", 2, [0, 1]
+    )
+    assert 0.0 <= line["mean"] <= 1.0 and line["std"] is not None and line["test_loss"] > 0
+    assert line["seconds_per_epoch"] > 0  # from each experiment's train_run.json
+    assert sorted(name.split("-")[:4] == ["too", "big", "kernel", "image"]
+                  for name in result["failures"]) == [True, True]
+    assert all("shrinks a 32px image to nothing" in why for why in result["failures"].values())
+    made = experiments(project)
+    assert len(made) == 2 and all(name.startswith("wide-dropout-image-s") for name in made)
+    assert all(identity_of(name) for name in made)
 
-    assert table["wide-dropout"]["runs"] == "2/2"
-    assert 0.0 <= table["wide-dropout"]["test_accuracy_mean"] <= 1.0
-    assert table["wide-dropout"]["test_accuracy_std"] is not None
-    assert table["wide-dropout"]["test_loss_mean"] > 0
-    assert table["too-big-kernel"]["runs"] == "0/2"
-    assert "shrinks a 32px image to nothing" in table["too-big-kernel"]["errors"]
-
-    # The default folder is not in git: the committed report stays as it was.
+    # The default folder is not in git: nothing committed changes.
     assert run(["git", "status", "--porcelain", "reports"], project).stdout == ""
-    report = (project / ".experiments" / "experiments.md").read_text(encoding="utf-8")
-    assert "| wide-dropout | 2/2 |" in report
-    assert " ± " in report
-    assert "| too-big-kernel | 0/2 | failed |" in report
-    assert "shrinks a 32px image to nothing" in report
-    assert (project / ".experiments" / "experiments.png").stat().st_size > 0
+    report = (project / ".studies" / "trial.md").read_text(encoding="utf-8")
+    assert "| cpu | image | wide-dropout | 1 | 2 (0, 1) |" in report
+    assert "| 83.00 |" in report  # the row's reference figure
+    assert "## Failed runs" in report and "shrinks a 32px image to nothing" in report
+    assert (project / ".studies" / "trial.png").stat().st_size > 0
 
-    shown = run(["dvc", "exp", "list", "--name-only"], project).stdout.split()
-    assert sum(name.endswith(("-s0", "-s1")) for name in shown) == 2
+    # Renamed, the row is the same runs: the command runs nothing new, and still says
+    # which runs failed, with exit status 1.
+    trial.write_text(yaml.safe_dump(trial_study("dropout-0.5")), encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_status:
+        main(["trial", "--workspace", str(project), "--jobs", "2"])
+    assert exit_status.value.code == 1
+    assert sorted(experiments(project)) == sorted(made)
+    report = (project / ".studies" / "trial.md").read_text(encoding="utf-8")
+    assert "| cpu | image | dropout-0.5 | 1 | 2 (0, 1) |" in report
+    err = capsys.readouterr().err
+    assert "failed: too-big-kernel-image-s0-" in err and "2 run(s) failed" in err
+
+    # Bad input stops before anything runs: one line, exit 1.
+    with pytest.raises(SystemExit) as exit_status:
+        main(["trial", "--workspace", str(project), "--rows", "nope"])
+    assert exit_status.value.code == 1
+    assert "--rows: unknown row(s) nope in study trial" in capsys.readouterr().err

@@ -12,8 +12,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -29,7 +27,6 @@ from agegap.layout import RAW_DIR, SPLIT_DIR
 from agegap.params import Params
 from stages.download import download
 from stages.split import split
-from tests.conftest import REPO
 from tests.synthetic import build_tree, face, make_archive, png_bytes
 
 SIZE = 32
@@ -409,20 +406,3 @@ def test_annotation_targets_grow_until_they_differ(tmp_path: Path) -> None:
     assert [targets[path].relative_to(out).as_posix() for path in files] == [
         "p/a/x.jpg", "q/a/x.jpg", "r/X.JPG", "z.png"
     ]
-
-
-# --- benchmarks never overwrite a committed report by default --------------------------
-
-
-def test_bench_accuracy_report_defaults_to_its_scratch_folder(tmp_path: Path) -> None:
-    committed = REPO / "reports" / "accuracy-runs.md"
-    before = committed.read_bytes()
-    work = tmp_path / "work"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "accuracy.py"), "--report-only",
-         "--work", str(work), "--recipes", "blog"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert (work / "report.md").is_file()
-    assert committed.read_bytes() == before

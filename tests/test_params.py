@@ -69,29 +69,6 @@ def test_defaults_are_the_blogs_best_network_with_cutout() -> None:
     assert params.label_smoothing == params.weight_decay == 0.0
 
 
-def test_the_blog_recipe_stays_a_row_of_the_study_and_of_the_protocol() -> None:
-    """Both spell the blog's recipe out whole, so they mean it whatever the defaults are."""
-    from flows.experiments import load_study
-
-    row = next(r for r in load_study(REPO / "experiments.yaml") if r.name == "dropout-0.1")
-    recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
-    for recipe in (row.overrides, recipes["blog"]):
-        blog = params_from_dict(recipe)
-        assert (blog.kernel_size, blog.dropout, blog.optimizer) == (5, 0.1, "adam")
-        assert not blog.batch_norm and blog.lr_schedule == "constant" and not blog.tta_flip
-        assert blog.augment_rotate_degrees == blog.augment_shift == blog.augment_cutout == 0.0
-        assert blog.mixup_alpha == 0.0
-        assert blog.label_smoothing == blog.weight_decay == 0.0
-        assert (blog.augment_shear_degrees, blog.augment_zoom) == (0.2, 0.2)
-
-
-def test_every_protocol_recipe_is_valid_params() -> None:
-    recipes = yaml.safe_load((REPO / "bench" / "accuracy_recipes.yaml").read_text("utf-8"))
-    for name, overrides in recipes.items():
-        assert not set(overrides) - set(param_names()), name  # a typo would be ignored
-        params_from_dict(overrides, source=f"accuracy_recipes.yaml:{name}")
-
-
 def test_every_stage_lists_only_known_params_and_data_stages_no_training_keys() -> None:
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
     known = set(param_names())

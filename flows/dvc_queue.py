@@ -1,0 +1,126 @@
+"""Experiments on DVC's own queue: several local workers, one machine.
+
+What ``python -m flows.experiments`` runs a study on. Queue states are read through
+the CLI (``dvc queue status``) because the in-process API was seen to block until the
+whole queue had finished.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flows.dvc_commands import dvc_environment, experiment_args, run_dvc
+
+DONE_STATES = frozenset({"Success", "Failed"})
+_QUEUE_STATES = frozenset({"Queued", "Running", "Success", "Failed", "Unknown"})
+
+
+def queue_experiment(root: Path, name: str, overrides: Mapping[str, Any]) -> str:
+    """Queue one named experiment; "" when queued, else DVC's error lines.
+
+    A finished queue entry of the same name (a failed attempt, or a run whose
+    experiment was since removed) is dropped first, so the states read afterwards
+    are this attempt's.
+    """
+    if queue_states(root).get(name) in DONE_STATES:
+        run_dvc(["queue", "remove", name], root, check=False)
+    args = experiment_args(name, overrides)
+    args.insert(2, "--queue")
+    result = run_dvc(args, root, check=False)
+    return "" if result.returncode == 0 else result.error_summary()
+
+
+def run_queue(
+    root: Path, names: list[str], jobs: int, timeout_s: float, log: Callable[[str], Any]
+) -> dict[str, str]:
+    """``dvc queue start -j N``, then wait until every named experiment succeeded or failed."""
+    for line in start_queue(root, jobs):
+        log(line)
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, str] = {}
+    mine = dict.fromkeys(names, "Queued")
+    try:
+        while True:
+            states = queue_states(root)
+            mine = {name: states.get(name, "Unknown") for name in names}
+            if mine != last:
+                counts = {s: list(mine.values()).count(s) for s in sorted(set(mine.values()))}
+                log("queue: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+                last = mine
+            if all(state in DONE_STATES for state in mine.values()):
+                return mine
+            if time.monotonic() > deadline:
+                log(f"the study ran past {timeout_s:.0f} s: stopping its experiments")
+                stop_queue(root, mine)
+                return {n: (s if s in DONE_STATES else "Timed out") for n, s in mine.items()}
+            time.sleep(5)
+    except BaseException:
+        # Cancelled or interrupted: DVC's queue workers would otherwise run on alone.
+        stop_queue(root, mine)
+        raise
+    finally:
+        # Idle workers can linger after the queue is empty; let them go.
+        run_dvc(["queue", "stop"], root, check=False, timeout=120)
+
+
+def start_queue(root: Path, jobs: int) -> list[str]:
+    """``dvc queue start -j N``; its output lines.
+
+    Not through :func:`run_dvc`: the workers DVC starts inherit the command's stdout,
+    so a pipe would stay open, and the call blocked, until the last worker exits.
+    Its output goes to a file instead.
+    """
+    log = root / ".dvc" / "tmp" / "agegap-queue-start.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as out:
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "queue", "start", "--jobs", str(jobs)],
+            cwd=root,
+            env=dvc_environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=300,
+        )
+    return [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def stop_queue(root: Path, states: Mapping[str, str]) -> None:
+    """Kill this study's running experiments and drop its queued ones."""
+    running = [name for name, state in states.items() if state == "Running"]
+    queued = [name for name, state in states.items() if state == "Queued"]
+    if running:
+        run_dvc(["queue", "kill", *running], root, check=False)
+    if queued:
+        run_dvc(["queue", "remove", *queued], root, check=False)
+
+
+def queue_states(root: Path) -> dict[str, str]:
+    """Experiment name -> Queued / Running / Success / Failed, from ``dvc queue status``.
+
+    DVC lists the newest task first; where a name was queued twice, that one counts.
+    """
+    result = run_dvc(["queue", "status"], root, check=False)
+    states: dict[str, str] = {}
+    for line in result.lines:
+        fields = line.split()
+        # Task  Name  Created  Status: a short hash, the name, a date, the status last.
+        if len(fields) >= 4 and _is_hex(fields[0]) and fields[-1] in _QUEUE_STATES:
+            states.setdefault(fields[1], fields[-1])
+    return states
+
+
+def failure_reason(root: Path, name: str, state: str) -> str:
+    """Why a queued experiment did not succeed: the error lines of its log."""
+    log = run_dvc(["queue", "logs", name], root, check=False)
+    return log.error_summary(limit=3) or f"experiment ended as {state}"
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) >= 7 and all(c in "0123456789abcdef" for c in text)
