@@ -312,3 +312,15 @@ def experiment_name(text: str) -> str:
     if not name:
         raise AgegapError(f"experiment name {text!r}: needs letters or digits")
     return name[:100]
+
+
+def exp_show(root: Path) -> list[dict[str, Any]]:
+    """``dvc exp show --json``: this commit's experiments with their params and metrics."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
+        cwd=root, env=dvc_environment(), capture_output=True, text=True, timeout=600,
+    )
+    if result.returncode:
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        raise AgegapError(f"dvc exp show failed in {root}: {lines[-1]}")
+    return json.loads(result.stdout)

@@ -2,8 +2,9 @@
 
 A study (``studies/<name>.yaml``) is expanded into named runs; the runs that already
 exist as experiments of this commit are kept, the missing ones run on DVC's queue
-with several local workers, and the report is made from ``dvc exp show`` alone.
-Format, options and examples: docs/orchestration.md.
+with several local workers (or, with ``--pool``, on Prefect workers of any number of
+machines), and the report is made from ``dvc exp show`` alone. Format, options and
+examples: docs/orchestration.md.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from prefect.cache_policies import NO_CACHE
 
 from agegap.errors import AgegapError, exits_cleanly
 from agegap.layout import TRAIN_RUN
-from flows.dvc_commands import dvc_environment, validate_overrides, workspace_lock, workspace_root
+from flows.dvc_commands import exp_show, validate_overrides, workspace_lock, workspace_root
 from flows.dvc_queue import failure_reason, queue_experiment, run_queue
 from flows.ephemeral import quiet_ephemeral_server
+from flows.pool_runs import DEPLOYMENT, check_commit_is_shared, pull_experiments, run_on_pool
 from flows.study_plan import (
     STRATEGIES,
     PlannedRun,
     Study,
     check_folds,
+    identity_of,
     load_study,
     plan_runs,
     select_rows,
@@ -42,18 +45,6 @@ from flows.study_report import experiments_of, markdown, study_records, summaris
 REPORT_DIR = ".studies"
 TABLE_KEY = "agegap-study"
 REPORT_KEY = "agegap-study-report"
-
-
-def exp_show(root: Path) -> list[dict[str, Any]]:
-    """``dvc exp show --json``: this commit's experiments with their params and metrics."""
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
-        cwd=root, env=dvc_environment(), capture_output=True, text=True, timeout=600,
-    )
-    if result.returncode:
-        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
-        raise AgegapError(f"dvc exp show failed in {root}: {lines[-1]}")
-    return json.loads(result.stdout)
 
 
 def run_info(root: Path, revs: list[str]) -> dict[str, dict[str, Any]]:
@@ -84,8 +75,24 @@ def head_commit(root: Path) -> str:
 
 def existing_identities(shown: list[dict[str, Any]], runs: list[PlannedRun]) -> set[str]:
     """The planned runs that already have a finished experiment on this commit."""
-    names = {rev["name"] for rev in experiments_of(shown)}
-    return {run.identity for run in runs if any(n.endswith(f"-{run.identity}") for n in names)}
+    found = {identity_of(rev["name"]) for rev in experiments_of(shown)}
+    return {run.identity for run in runs if run.identity in found}
+
+
+def refuse_invalid(
+    root: Path, runs: list[PlannedRun], log: Any
+) -> tuple[list[PlannedRun], dict[str, str]]:
+    """The runs whose overrides are valid, and why each other one is not: a bad row fails
+    alone, before anything of it runs, with the train stage's own message."""
+    valid, failures = [], {}
+    for run in runs:
+        try:
+            validate_overrides(root, run.overrides)
+            valid.append(run)
+        except AgegapError as error:
+            failures[run.name] = str(error)
+            log.error("%s: not run: %s", run.name, error)
+    return valid, failures
 
 
 def default_jobs(experiments: int) -> int:
@@ -97,22 +104,13 @@ def default_jobs(experiments: int) -> int:
 def run_missing(
     workspace: str, runs: list[PlannedRun], jobs: int, timeout_s: float
 ) -> dict[str, str]:
-    """Queue and run the runs given; experiment name -> why it failed, for those that did.
-
-    A run whose overrides are invalid is refused before anything is queued and fails
-    alone; the others still run.
-    """
+    """Queue and run the valid runs given on DVC's queue; experiment name -> why it
+    failed, for those that did."""
     logger = get_run_logger()
     root = Path(workspace)
-    failures: dict[str, str] = {}
+    valid, failures = refuse_invalid(root, runs, logger)
     queued = []
-    for run in runs:
-        try:
-            validate_overrides(root, run.overrides)
-        except AgegapError as error:
-            failures[run.name] = str(error)
-            logger.error("%s: not queued: %s", run.name, error)
-            continue
+    for run in valid:
         if error := queue_experiment(root, run.name, run.overrides):
             failures[run.name] = error
             logger.error("%s: could not be queued: %s", run.name, error)
@@ -124,6 +122,33 @@ def run_missing(
             if state != "Success":
                 failures[name] = failure_reason(root, name, state)
                 logger.error("%s: %s", name, failures[name].splitlines()[-1])
+    return failures
+
+
+@task(name="run-missing-on-pool", cache_policy=NO_CACHE)
+def run_missing_on_pool(
+    workspace: str,
+    study: str,
+    runs: list[PlannedRun],
+    commit: str,
+    deployment: str,
+    git_remote: str,
+    jobs: int,
+    attempts: int,
+    timeout_s: float,
+) -> dict[str, str]:
+    """Each valid run as a flow run of ``deployment``; then ``dvc exp pull`` of those
+    that succeeded. Experiment name -> why it failed, for those that did not."""
+    logger = get_run_logger()
+    root = Path(workspace)
+    valid, failures = refuse_invalid(root, runs, logger)
+    outcome = run_on_pool(
+        valid, commit=commit, git_remote=git_remote, deployment=deployment, jobs=jobs,
+        attempts=attempts, timeout_s=timeout_s, log=logger.info,
+        tags=["agegap-study", f"study:{study}"],
+    )
+    failures.update(outcome.failures)
+    pull_experiments(root, git_remote, [run.name for run in valid if run.name not in failures])
     return failures
 
 
@@ -164,10 +189,17 @@ def run_study(
     jobs: int | None = None,
     report_dir: str = REPORT_DIR,
     timeout_s: float = 48 * 3600.0,
+    deployment: str | None = None,
+    git_remote: str = "origin",
+    attempts: int = 3,
 ) -> dict[str, Any]:
     """Run what the study lacks on this commit, then report every run it has.
 
-    Returns the report's path, its summary lines and the failed runs with their reasons.
+    Locally (no ``deployment``) the missing runs go to DVC's queue. With a deployment
+    (``agegap-experiment/study``) they go to its work pool, one flow run each, at most
+    ``jobs`` at a time and ``attempts`` flow runs per experiment, and come back through
+    ``git_remote`` and the DVC remote. Returns the report's path, its summary lines and
+    the failed runs with their reasons.
     """
     logger = get_run_logger()
     root = workspace_root(workspace)
@@ -175,12 +207,24 @@ def run_study(
     runs = plan(chosen, rows=rows, seeds=seeds, strategies=strategies, folds=folds,
                 epochs=epochs)
     with workspace_lock(root, on_wait=logger.info):
+        if deployment:
+            commit = check_commit_is_shared(root, git_remote)
+            pull_experiments(root, git_remote)  # what other machines ran already
         done = existing_identities(exp_show(root), runs)
         missing = [run for run in runs if run.identity not in done]
-        workers = jobs or default_jobs(len(missing))
-        logger.info("study %s: %d runs, %d already done, %d to run on %d workers",
-                    chosen.name, len(runs), len(done), len(missing), workers)
-        failures = run_missing(str(root), missing, workers, timeout_s) if missing else {}
+        workers = jobs or (len(missing) if deployment else default_jobs(len(missing)))
+        logger.info("study %s: %d runs, %d already done, %d to run, %d at a time%s",
+                    chosen.name, len(runs), len(done), len(missing), workers,
+                    f" on {deployment}" if deployment else " on DVC's queue")
+        if not missing:
+            failures: dict[str, str] = {}
+        elif deployment:
+            failures = run_missing_on_pool(
+                str(root), chosen.name, missing, commit, deployment, git_remote, workers,
+                attempts, timeout_s,
+            )
+        else:
+            failures = run_missing(str(root), missing, workers, timeout_s)
         report, summary = write_report(str(root), chosen, runs, failures, report_dir)
     logger.info("report: %s", report)
     return {"report": str(report), "summary": summary, "failures": failures}
@@ -210,6 +254,18 @@ def plan(
     )
 
 
+def require_shared_server() -> None:
+    """Workers on other machines only see a server they share with this command: a
+    temporary one, started here, would wait for ever."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise AgegapError(
+            "--pool needs the Prefect server the workers use: set PREFECT_API_URL "
+            "(prefect config set PREFECT_API_URL=http://HOST:4200/api)"
+        )
+
+
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m flows.experiments``; bad input is one line and exit 1."""
@@ -226,6 +282,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="k-fold cross-validation, k runs per seed (default: the study's)")
     parser.add_argument("--epochs", type=int, help="epochs of every run (default: the study's)")
     parser.add_argument("--jobs", type=int, help="parallel DVC queue workers (default: cores / 2)")
+    parser.add_argument("--pool", action="store_true",
+                        help=f"run on the Prefect work pool of the {DEPLOYMENT} deployment "
+                        "instead of DVC's local queue")
+    parser.add_argument("--deployment", default=DEPLOYMENT,
+                        help=f"with --pool: the deployment (default {DEPLOYMENT})")
+    parser.add_argument("--git-remote", default="origin",
+                        help="with --pool: the git remote the workers share (default origin)")
+    parser.add_argument("--attempts", type=int, default=3,
+                        help="with --pool: flow runs per experiment at most (default 3)")
     parser.add_argument("--report-dir", default=REPORT_DIR,
                         help=f"folder of STUDY.md and STUDY.png (default {REPORT_DIR}, not in "
                         "git; name reports to replace the committed report)")
@@ -235,9 +300,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"rows": wanted, "seeds": options.seeds, "strategies": options.strategies,
                 "folds": options.folds, "epochs": options.epochs}
     plan(load_study(study_path(root, options.study)), **settings)  # refuse bad input first
+    if options.attempts < 1:
+        raise AgegapError(f"--attempts {options.attempts}: expected at least 1")
+    if options.jobs is not None and options.jobs < 1:
+        raise AgegapError(f"--jobs {options.jobs}: expected at least 1")
+    if options.pool:
+        require_shared_server()
     quiet_ephemeral_server()
     state = run_study(workspace=str(root), study=options.study, jobs=options.jobs,
-                  report_dir=options.report_dir, return_state=True, **settings)
+                      report_dir=options.report_dir, return_state=True,
+                      deployment=options.deployment if options.pool else None,
+                      git_remote=options.git_remote, attempts=options.attempts, **settings)
     if not state.is_completed():
         raise AgegapError(f"study failed: {state.message}")
     result = state.result()
