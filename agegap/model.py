@@ -106,7 +106,8 @@ def build_model(params: Params) -> keras.Model:
 
 def make_optimizer(params: Params, total_steps: int = 1) -> keras.optimizers.Optimizer:
     """The named optimizer at ``learning_rate`` (Keras' defaults otherwise, as the blog),
-    with cosine decay over ``total_steps`` and decoupled weight decay where asked."""
+    with cosine decay over ``total_steps``, decoupled weight decay and a moving average
+    of the weights where asked."""
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = params.learning_rate
     if params.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
@@ -118,7 +119,10 @@ def make_optimizer(params: Params, total_steps: int = 1) -> keras.optimizers.Opt
         "sgd": keras.optimizers.SGD,
     }
     return optimizers[params.optimizer](
-        learning_rate=learning_rate, weight_decay=params.weight_decay or None
+        learning_rate=learning_rate,
+        weight_decay=params.weight_decay or None,
+        use_ema=params.weight_ema > 0,
+        ema_momentum=params.weight_ema or 0.99,
     )
 
 

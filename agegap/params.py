@@ -230,6 +230,12 @@ class Params(BaseModel):
         0.0, ge=0.0, lt=0.5,
         description="*accuracy lever*: targets 0/1 become x/2 and 1 - x/2; `0` = off",
     )
+    weight_ema: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="*accuracy lever*: an exponential moving average of the weights, with "
+        "this momentum per training step (e.g. `0.999`), is what is validated, kept and "
+        "saved; `0` = off (the weights as trained)",
+    )
     early_stopping_patience: int = Field(
         0, ge=0,
         description="stop when `val_accuracy` has not improved for this many epochs; "

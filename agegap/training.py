@@ -184,6 +184,9 @@ def train_model(
     checkpoint = keras.callbacks.ModelCheckpoint(
         str(model_path), monitor=MONITOR, mode="max", save_best_only=True, verbose=0
     )
+    # With weight averaging, validation and the checkpoint see the averaged weights:
+    # the callback swaps them in before each, so it must come before the checkpoint.
+    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if params.weight_ema else []
     stopping = (
         [
             keras.callbacks.EarlyStopping(
@@ -201,7 +204,7 @@ def train_model(
         epochs=params.epochs,
         validation_data=(validation.images, validation.labels),
         validation_batch_size=VALIDATION_BATCH,
-        callbacks=[_CheckMonitor(), checkpoint, timer, *stopping, *(callbacks or [])],
+        callbacks=[_CheckMonitor(), *averaging, checkpoint, timer, *stopping, *(callbacks or [])],
         shuffle=False,  # the stream shuffles, reproducibly
         verbose=verbose,
     ).history

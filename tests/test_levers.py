@@ -97,3 +97,38 @@ def test_tta_flip_averages_an_image_with_its_mirror() -> None:
     mirrored = predict_probabilities(model, images[:, :, ::-1, :])
     averaged = predict_probabilities(model, images, tta_flip=True)
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-6)
+
+
+def test_weight_averaging_reaches_the_optimizer() -> None:
+    averaged = make_optimizer(Params(weight_ema=0.999))
+    assert averaged.use_ema and averaged.ema_momentum == pytest.approx(0.999)
+    assert not make_optimizer(Params()).use_ema
+
+
+class _FirstWeights(keras.callbacks.Callback):
+    """The model's weights before its first step."""
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.weights = [np.array(w) for w in self.model.get_weights()]
+
+
+@pytest.mark.slow
+def test_the_saved_model_is_the_weight_average(tmp_path: Path) -> None:
+    """With a momentum close to 1 the average stays where the first step left the weights
+    (Keras starts it there), while the weights as trained move on: the checkpoint holds
+    the average."""
+    train = validation = tiny_image_set(32, 16)
+    params = Params(image_size=16, conv_filters=(4,), kernel_size=3, dense_units=4,
+                    batch_size=8, epochs=3, train_images_per_epoch=0, learning_rate=0.05,
+                    precision="float32", batch_norm=False, weight_ema=0.999999)
+    first = _FirstWeights()
+    train_model(params, train, validation, tmp_path / "m.keras", [first], verbose=0)
+    def farthest(path: Path) -> float:
+        weights = load_trained_model(path).get_weights()
+        return max(float(np.abs(a - b).max()) for a, b in zip(first.weights, weights, strict=True))
+
+    one_step = 1.01 * params.learning_rate  # Adam moves a weight by at most about lr a step
+    assert farthest(tmp_path / "m.keras") <= one_step
+    plain = Params(**{**params.model_dump(), "weight_ema": 0.0})
+    train_model(plain, train, validation, tmp_path / "p.keras", [first], verbose=0)
+    assert farthest(tmp_path / "p.keras") > 3 * one_step
