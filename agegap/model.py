@@ -78,21 +78,10 @@ def build_model(params: Params) -> keras.Model:
     if params.input_grayscale:
         x = Grayscale(name="grayscale")(x)
     x = layers.Rescaling(1.0 / 255, name="rescaling")(x)
-    for block, filters in enumerate(params.conv_filters, start=1):
-        x = layers.Conv2D(
-            filters,
-            params.kernel_size,
-            padding=params.padding,
-            use_bias=not params.batch_norm,  # the normalisation's offset replaces the bias
-            kernel_initializer=_glorot(seeds),
-            name=f"conv{block}",
-        )(x)
-        if params.batch_norm:
-            x = layers.BatchNormalization(name=f"conv{block}_bn")(x)
-        activation = _activation(params, f"conv{block}_{params.activation}")
-        pool = layers.MaxPooling2D(2, name=f"pool{block}")
-        x = pool(activation(x)) if params.activation == "prelu" else activation(pool(x))
-    x = layers.Flatten(name="flatten")(x)
+    if params.architecture == "residual":
+        x = _residual_blocks(x, params, seeds)
+    else:
+        x = _blog_blocks(x, params, seeds)
     x = layers.Dense(params.dense_units, kernel_initializer=_glorot(seeds), name="dense")(x)
     x = layers.ReLU(name="dense_relu")(x)
     x = layers.Dropout(params.dropout, seed=params.seed, name="dropout")(x)
@@ -102,6 +91,50 @@ def build_model(params: Params) -> keras.Model:
         name="p_young",
     )(x)
     return keras.Model(inputs, outputs, name="agegap_cnn")
+
+
+def _blog_blocks(x: keras.KerasTensor, params: Params, seeds: random.Random) -> keras.KerasTensor:
+    """The blog's body: Conv-activation-MaxPool per ``conv_filters`` entry, flattened."""
+    for block, filters in enumerate(params.conv_filters, start=1):
+        x = _convolution(x, filters, params.kernel_size, params, seeds, f"conv{block}")
+        activation = _activation(params, f"conv{block}_{params.activation}")
+        pool = layers.MaxPooling2D(2, name=f"pool{block}")
+        x = pool(activation(x)) if params.activation == "prelu" else activation(pool(x))
+    return layers.Flatten(name="flatten")(x)
+
+
+def _residual_blocks(
+    x: keras.KerasTensor, params: Params, seeds: random.Random
+) -> keras.KerasTensor:
+    """A residual body: per ``conv_filters`` entry two convolutions with a shortcut around
+    them (a 1x1 convolution where the width changes), the activation, max pooling; then
+    global average pooling, which has no weights to overfit where Flatten feeds
+    thousands into the dense layer."""
+    for block, filters in enumerate(params.conv_filters, start=1):
+        name = f"res{block}"
+        shortcut = x
+        if x.shape[-1] != filters:
+            shortcut = _convolution(x, filters, 1, params, seeds, f"{name}_shortcut")
+        y = _convolution(x, filters, params.kernel_size, params, seeds, f"{name}_conv1")
+        y = _activation(params, f"{name}_conv1_{params.activation}")(y)
+        y = _convolution(y, filters, params.kernel_size, params, seeds, f"{name}_conv2")
+        x = layers.Add(name=f"{name}_add")([shortcut, y])
+        x = _activation(params, f"{name}_{params.activation}")(x)
+        x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    return layers.GlobalAveragePooling2D(name="global_average")(x)
+
+
+def _convolution(
+    x: keras.KerasTensor, filters: int, kernel: int, params: Params, seeds: random.Random,
+    name: str,
+) -> keras.KerasTensor:
+    """A convolution, batch-normalised where ``batch_norm`` asks (its offset then replaces
+    the bias)."""
+    x = layers.Conv2D(
+        filters, kernel, padding=params.padding, use_bias=not params.batch_norm,
+        kernel_initializer=_glorot(seeds), name=name,
+    )(x)
+    return layers.BatchNormalization(name=f"{name}_bn")(x) if params.batch_norm else x
 
 
 def make_optimizer(params: Params, total_steps: int = 1) -> keras.optimizers.Optimizer:

@@ -30,6 +30,7 @@ PARAMS_FILE = Path("params.yaml")
 SplitStrategy = Literal["identity", "image"]
 Padding = Literal["same", "valid"]
 Activation = Literal["relu", "prelu", "leaky_relu"]
+Architecture = Literal["blog", "residual"]
 Optimizer = Literal["rmsprop", "adam", "sgd"]
 LrSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "float32", "mixed_bfloat16"]
@@ -122,6 +123,13 @@ class Params(BaseModel):
     )
     cv_fold: int = Field(0, ge=0, description="which fold is the test split, from 0 to k - 1")
     # model
+    architecture: Architecture = Field(
+        "blog",
+        description="*accuracy lever*: `blog`, a Conv-activation-MaxPool block per "
+        "`conv_filters` entry, flattened into a dense layer; `residual`, two convolutions "
+        "with a shortcut around them per entry, then global average pooling (He et al., "
+        "2016; needs padding `same`)",
+    )
     conv_filters: PositiveInts = Field(
         (32, 32, 64), min_length=1,
         json_schema_extra=_allowed("a non-empty list of positive integers, e.g. [32, 32, 64]"),
@@ -360,6 +368,12 @@ def _check_folds(params: Params, source: str) -> None:
 def _check_architecture(params: Params, source: str) -> None:
     """Refuse a network whose feature maps would shrink to nothing before training starts."""
     keys = ("image_size", "conv_filters", "kernel_size", "padding")
+    if params.architecture == "residual" and params.padding != "same":
+        raise ParamError(
+            f"{source}: architecture='residual' needs padding='same': a shortcut is added to "
+            "its block's output, so both must keep the same size",
+            ("architecture", "padding"),
+        )
     side = params.image_size
     for depth, _ in enumerate(params.conv_filters, start=1):
         if params.padding == "valid":

@@ -132,3 +132,29 @@ def test_the_saved_model_is_the_weight_average(tmp_path: Path) -> None:
     plain = Params(**{**params.model_dump(), "weight_ema": 0.0})
     train_model(plain, train, validation, tmp_path / "p.keras", [first], verbose=0)
     assert farthest(tmp_path / "p.keras") > 3 * one_step
+
+
+def test_the_residual_network_adds_shortcuts_and_averages_globally(tmp_path: Path) -> None:
+    params = Params(image_size=32, conv_filters=(4, 8), kernel_size=3, dense_units=8,
+                    architecture="residual", precision="float32")
+    model = build_model(params)
+    names = [layer.name for layer in model.layers]
+    assert [n for n in names if n.endswith("_add")] == ["res1_add", "res2_add"]
+    assert "res1_shortcut" in names and "res2_shortcut" in names  # 3 -> 4 -> 8 channels
+    assert "global_average" in names and "flatten" not in names
+    assert model.get_layer("res2_pool").output.shape[1:] == (8, 8, 8)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    model.save(tmp_path / "residual.keras")
+    np.testing.assert_allclose(
+        load_trained_model(tmp_path / "residual.keras").predict(images, verbose=0),
+        model.predict(images, verbose=0), rtol=1e-6)
+    same_width = build_model(Params(**{**params.model_dump(), "conv_filters": (3, 3)}))
+    assert "res1_shortcut" not in [layer.name for layer in same_width.layers]
+
+
+def test_the_residual_network_needs_same_padding() -> None:
+    from agegap.errors import AgegapError
+    from agegap.params import params_from_dict
+
+    with pytest.raises(AgegapError, match="architecture='residual' needs padding='same'"):
+        params_from_dict({"architecture": "residual", "padding": "valid"})
