@@ -238,6 +238,11 @@ class Params(BaseModel):
         0.0, ge=0.0, lt=0.5,
         description="*accuracy lever*: targets 0/1 become x/2 and 1 - x/2; `0` = off",
     )
+    ensemble_size: int = Field(
+        1, ge=1, le=16,
+        description="*accuracy lever*: k networks, trained with seeds `seed` to `seed + k - 1`, "
+        "each keeping its best epoch; the saved model averages their P(young); `1` = one network",
+    )
     weight_ema: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="*accuracy lever*: an exponential moving average of the weights, with "

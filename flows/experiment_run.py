@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +26,11 @@ from flows.dvc_commands import (
     workspace_lock,
     workspace_root,
 )
+from flows.git_commands import git
 from flows.study_report import experiments_of
 
 WORKER_CLONE = "AGEGAP_WORKER_CLONE"
 METRIC_FILES = ("metrics.json", "train_metrics.json")
-
-
-def git(root: Path, *args: str) -> str:
-    """``git args`` in ``root``; its stdout, or a one-line error with git's own last line."""
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if result.returncode:
-        last = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
-        raise AgegapError(f"git {' '.join(args)} in {root}: {last[-1]}")
-    return result.stdout.strip()
 
 
 def check_out(root: Path, git_remote: str, commit: str) -> None:

@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from agegap.errors import AgegapError, exits_cleanly
 from agegap.layout import TRAIN_RUN
+from flows import exp_bundle
 from flows.dvc_commands import exp_show, validate_overrides, workspace_lock, workspace_root
 from flows.dvc_queue import failure_reason, queue_experiment, run_queue
 from flows.ephemeral import quiet_ephemeral_server
@@ -77,6 +78,12 @@ def existing_identities(shown: list[dict[str, Any]], runs: list[PlannedRun]) -> 
     """The planned runs that already have a finished experiment on this commit."""
     found = {identity_of(rev["name"]) for rev in experiments_of(shown)}
     return {run.identity for run in runs if run.identity in found}
+
+
+def finished_names(shown: list[dict[str, Any]], runs: list[PlannedRun]) -> set[str]:
+    """The names of the finished experiments of this commit that are runs of the study."""
+    planned = {run.identity for run in runs}
+    return {rev["name"] for rev in experiments_of(shown) if identity_of(rev["name"]) in planned}
 
 
 def refuse_invalid(
@@ -192,14 +199,16 @@ def run_study(
     deployment: str | None = None,
     git_remote: str = "origin",
     attempts: int = 3,
+    bundle: str | None = None,
 ) -> dict[str, Any]:
     """Run what the study lacks on this commit, then report every run it has.
 
     Locally (no ``deployment``) the missing runs go to DVC's queue. With a deployment
     (``agegap-experiment/study``) they go to its work pool, one flow run each, at most
     ``jobs`` at a time and ``attempts`` flow runs per experiment, and come back through
-    ``git_remote`` and the DVC remote. Returns the report's path, its summary lines and
-    the failed runs with their reasons.
+    ``git_remote`` and the DVC remote. With a ``bundle`` file, its experiments count as
+    done, and the study's finished ones are written back to it. Returns the report's
+    path, its summary lines and the failed runs with their reasons.
     """
     logger = get_run_logger()
     root = workspace_root(workspace)
@@ -207,6 +216,8 @@ def run_study(
     runs = plan(chosen, rows=rows, seeds=seeds, strategies=strategies, folds=folds,
                 epochs=epochs)
     with workspace_lock(root, on_wait=logger.info):
+        if bundle and (restored := exp_bundle.restore(root, root / bundle)):
+            logger.info("%s: %d experiments fetched", bundle, restored)
         if deployment:
             commit = check_commit_is_shared(root, git_remote)
             pull_experiments(root, git_remote)  # what other machines ran already
@@ -226,6 +237,10 @@ def run_study(
         else:
             failures = run_missing(str(root), missing, workers, timeout_s)
         report, summary = write_report(str(root), chosen, runs, failures, report_dir)
+        if bundle:
+            kept = exp_bundle.save(root, root / bundle, head_commit(root),
+                                   finished_names(exp_show(root), runs))
+            logger.info("%s: %d experiments kept", bundle, kept)
     logger.info("report: %s", report)
     return {"report": str(report), "summary": summary, "failures": failures}
 
@@ -291,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --pool: the git remote the workers share (default origin)")
     parser.add_argument("--attempts", type=int, default=3,
                         help="with --pool: flow runs per experiment at most (default 3)")
+    parser.add_argument("--bundle", metavar="FILE",
+                        help="a git bundle of the study's experiments: fetched before (its "
+                        "runs count as done), written after; commit it to keep them")
     parser.add_argument("--report-dir", default=REPORT_DIR,
                         help=f"folder of STUDY.md and STUDY.png (default {REPORT_DIR}, not in "
                         "git; name reports to replace the committed report)")
@@ -310,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     state = run_study(workspace=str(root), study=options.study, jobs=options.jobs,
                       report_dir=options.report_dir, return_state=True,
                       deployment=options.deployment if options.pool else None,
-                      git_remote=options.git_remote, attempts=options.attempts, **settings)
+                      git_remote=options.git_remote, attempts=options.attempts,
+                      bundle=options.bundle, **settings)
     if not state.is_completed():
         raise AgegapError(f"study failed: {state.message}")
     result = state.result()

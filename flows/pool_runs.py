@@ -18,7 +18,7 @@ from typing import Any
 
 from agegap.errors import AgegapError
 from flows.dvc_commands import run_dvc
-from flows.experiment_run import git
+from flows.git_commands import git
 from flows.study_plan import PlannedRun
 
 DEPLOYMENT = "agegap-experiment/study"

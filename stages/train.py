@@ -18,6 +18,7 @@ import keras
 from agegap import workspace_lock
 from agegap.atomic import atomic_path, write_json
 from agegap.dataset import load_split
+from agegap.ensemble import train_ensemble
 from agegap.errors import exits_cleanly
 from agegap.layout import MODEL_PATH, TRAIN_METRICS, TRAIN_RUN
 from agegap.orphans import stop_when_runner_dies
@@ -60,7 +61,8 @@ def train(
             shutil.rmtree(root / DVCLIVE_DIR, ignore_errors=True)
         if importlib.util.find_spec("tensorflow") is not None:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(root / TENSORBOARD_DIR)))
-        result = train_model(
+        trainer = train_ensemble if params.ensemble_size > 1 else train_model
+        result = trainer(
             params,
             train_set,
             validation_set,

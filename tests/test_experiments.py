@@ -3,7 +3,8 @@
 One study covers the promises: two seeds of a row become two named experiments and a
 report with mean and spread; a row with an invalid override is reported failed with
 its reason while the other runs; a rerun runs nothing that exists, even after the row
-is renamed; the study file is data the test writes itself.
+is renamed; a bundle file carries the experiments to another clone; the study file is
+data the test writes itself.
 """
 
 from __future__ import annotations
@@ -89,10 +90,16 @@ def test_a_study_runs_what_is_missing_and_reports_from_dvc(
     # Renamed, the row is the same runs: the command runs nothing new, and still says
     # which runs failed, with exit status 1.
     trial.write_text(yaml.safe_dump(trial_study("dropout-0.5")), encoding="utf-8")
+    bundle = "reports/studies/trial.bundle"
     with pytest.raises(SystemExit) as exit_status:
-        main(["trial", "--workspace", str(project), "--jobs", "2"])
+        main(["trial", "--workspace", str(project), "--jobs", "2", "--bundle", bundle])
     assert exit_status.value.code == 1
     assert sorted(experiments(project)) == sorted(made)
+    # The bundle carries both experiments to a clone that never ran them.
+    clone = project.parent / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], project.parent)
+    run(["git", "fetch", "-q", str(project / bundle), "refs/exps/*:refs/exps/*"], clone)
+    assert sorted(experiments(clone)) == sorted(made)
     report = (project / ".studies" / "trial.md").read_text(encoding="utf-8")
     assert "| cpu | image | dropout-0.5 | 1 | 2 (0, 1) |" in report
     err = capsys.readouterr().err

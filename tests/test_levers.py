@@ -158,3 +158,25 @@ def test_the_residual_network_needs_same_padding() -> None:
 
     with pytest.raises(AgegapError, match="architecture='residual' needs padding='same'"):
         params_from_dict({"architecture": "residual", "padding": "valid"})
+
+
+@pytest.mark.slow
+def test_an_ensemble_saves_one_model_that_averages_its_members(tmp_path: Path) -> None:
+    from agegap.ensemble import member_params, train_ensemble
+
+    train = validation = tiny_image_set(32, 16)
+    params = Params(image_size=16, conv_filters=(4,), kernel_size=3, dense_units=4,
+                    batch_size=8, epochs=2, train_images_per_epoch=0, precision="float32",
+                    batch_norm=False, ensemble_size=2, seed=5)
+    assert [member_params(params, i).seed for i in range(2)] == [5, 6]
+    result = train_ensemble(params, train, validation, tmp_path / "e.keras", verbose=0)
+    ensemble = load_trained_model(tmp_path / "e.keras")
+    members = [ensemble.get_layer(f"member{i}") for i in range(2)]
+    images = validation.images
+    expected = np.mean([m.predict(images, verbose=0).reshape(-1) for m in members], axis=0)
+    averaged = predict_probabilities(ensemble, images)
+    np.testing.assert_allclose(averaged, expected, rtol=1e-5)
+    assert not np.allclose(*[m.get_weights()[0] for m in members])  # trained apart
+    scored = np.mean((averaged >= 0.5) == validation.labels.reshape(-1))
+    assert result.best_val_accuracy == pytest.approx(scored)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.keras"]  # members cleaned up
