@@ -93,7 +93,8 @@ def study_records(
             "seconds_per_epoch": info.get("seconds_per_epoch"),
             "device": info.get("device", "unknown"),
             "precision": info.get("precision"),
-            "machine": ", ".join(str(info[k]) for k in ("cpu", "accelerator") if k in info),
+            "machine": ", ".join(str(info[k]) for k in ("cpu", "accelerator", "precision")
+                                 if k in info),
         })
     order = {run.identity: index for index, run in enumerate(runs)}
     return sorted(records, key=lambda r: order[identity_of(r["experiment"])])

@@ -15,7 +15,8 @@ from flows.study_report import experiments_of, markdown, study_records, summaris
 DATA = Path(__file__).resolve().parent / "data"
 SHOWN = json.loads((DATA / "exp_show.json").read_text(encoding="utf-8"))
 STUDY = load_study(DATA / "study_small.yaml")
-MACHINE = {"device": "cpu", "cpu": "AMD EPYC, 2 cores", "accelerator": "cpu"}
+MACHINE = {"device": "cpu", "cpu": "AMD EPYC, 2 cores", "accelerator": "cpu",
+           "precision": "mixed_bfloat16"}
 RUN_INFO = {
     "01" * 20: {**MACHINE, "seconds_per_epoch": 2.0},
     "02" * 20: {**MACHINE, "seconds_per_epoch": 3.0},
@@ -38,7 +39,8 @@ def test_each_planned_run_finds_its_newest_experiment_by_identity() -> None:
     assert [(r["row"], r["seed"]) for r in found] == [("blog", 0), ("blog", 1), ("blog+cutout", 0)]
     cutout = found[2]
     assert cutout["rev"] == "04" * 20 and cutout["test_accuracy"] == 0.84  # not the older 0.50
-    assert cutout["seconds_per_epoch"] == 4.0 and cutout["machine"] == "AMD EPYC, 2 cores, cpu"
+    assert cutout["seconds_per_epoch"] == 4.0
+    assert cutout["machine"] == "AMD EPYC, 2 cores, cpu, mixed_bfloat16"
     assert cutout["worst_probe"] == "grayscale" and cutout["probes"]["blur"] == 0.82
 
 
@@ -70,7 +72,8 @@ def test_the_markdown_report(tmp_path: Path) -> None:
                     failures={"blog-cutout-identity-s1-d705d81e44": "error: out of memory"})
     lines = text.splitlines()
     assert lines[0] == "# Study `study_small`"
-    assert "commit `abababababab`" in text and "Machines: AMD EPYC, 2 cores, cpu." in text
+    assert "commit `abababababab`" in text
+    assert "Machines: AMD EPYC, 2 cores, cpu, mixed_bfloat16." in text
     assert "| cpu | identity | blog | 100 | 2 (0, 1) | 85.00 ± 7.07 | 5.00 |  | 0.400 | 86.50 " \
            "| 50 | 2.50 | 0 | 65.00 | 65.00 (grayscale) |  |  |" in lines
     assert "| cpu | identity | blog+cutout | 100 | 1 (0) | 84.00 ± 0.00 | 0.00 | +4.00 (1) " \
