@@ -2,11 +2,14 @@
 
 What ``python -m flows.experiments`` runs a study on. Queue states are read through
 the CLI (``dvc queue status``) because the in-process API was seen to block until the
-whole queue had finished.
+whole queue had finished. DVC's workers leave by themselves a minute after the queue
+empties, so nothing here sends them ``dvc queue stop``: its shutdown message stays in
+the queue's broker and stops the next study's first worker after one experiment.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ from flows.dvc_commands import dvc_environment, experiment_args, run_dvc
 
 DONE_STATES = frozenset({"Success", "Failed"})
 _QUEUE_STATES = frozenset({"Queued", "Running", "Success", "Failed", "Unknown"})
+_WORKERS = re.compile(r"^Worker status: (?P<active>\d+) active, (?P<idle>\d+) idle")
 
 
 def queue_experiment(root: Path, name: str, overrides: Mapping[str, Any]) -> str:
@@ -27,7 +31,7 @@ def queue_experiment(root: Path, name: str, overrides: Mapping[str, Any]) -> str
     experiment was since removed) is dropped first, so the states read afterwards
     are this attempt's.
     """
-    if queue_states(root).get(name) in DONE_STATES:
+    if queue_status(root)[0].get(name) in DONE_STATES:
         run_dvc(["queue", "remove", name], root, check=False)
     args = experiment_args(name, overrides)
     args.insert(2, "--queue")
@@ -38,16 +42,27 @@ def queue_experiment(root: Path, name: str, overrides: Mapping[str, Any]) -> str
 def run_queue(
     root: Path, names: list[str], jobs: int, timeout_s: float, log: Callable[[str], Any]
 ) -> dict[str, str]:
-    """``dvc queue start -j N``, then wait until every named experiment succeeded or failed."""
+    """``dvc queue start -j N``, then wait until every named experiment succeeded or failed.
+
+    Should no worker be left while experiments of ours wait (one stopped by another
+    tool, or crashed), the workers are started again.
+    """
     for line in start_queue(root, jobs):
         log(line)
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     last: dict[str, str] = {}
     mine = dict.fromkeys(names, "Queued")
     try:
         while True:
-            states = queue_states(root)
+            states, workers = queue_status(root)
             mine = {name: states.get(name, "Unknown") for name in names}
+            # A worker takes seconds to report in: only a lasting absence counts.
+            if workers == 0 and "Queued" in mine.values() and time.monotonic() - started > 30:
+                log("no DVC queue worker is left for the queued experiments: starting again")
+                for line in start_queue(root, jobs):
+                    log(line)
+                started = time.monotonic()
             if mine != last:
                 counts = {s: list(mine.values()).count(s) for s in sorted(set(mine.values()))}
                 log("queue: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -63,9 +78,6 @@ def run_queue(
         # Cancelled or interrupted: DVC's queue workers would otherwise run on alone.
         stop_queue(root, mine)
         raise
-    finally:
-        # Idle workers can linger after the queue is empty; let them go.
-        run_dvc(["queue", "stop"], root, check=False, timeout=120)
 
 
 def start_queue(root: Path, jobs: int) -> list[str]:
@@ -101,19 +113,23 @@ def stop_queue(root: Path, states: Mapping[str, str]) -> None:
         run_dvc(["queue", "remove", *queued], root, check=False)
 
 
-def queue_states(root: Path) -> dict[str, str]:
-    """Experiment name -> Queued / Running / Success / Failed, from ``dvc queue status``.
+def queue_status(root: Path) -> tuple[dict[str, str], int]:
+    """Experiment name -> Queued / Running / Success / Failed, and how many workers are
+    up (active or idle), from ``dvc queue status``.
 
     DVC lists the newest task first; where a name was queued twice, that one counts.
     """
     result = run_dvc(["queue", "status"], root, check=False)
     states: dict[str, str] = {}
+    workers = 0
     for line in result.lines:
         fields = line.split()
         # Task  Name  Created  Status: a short hash, the name, a date, the status last.
         if len(fields) >= 4 and _is_hex(fields[0]) and fields[-1] in _QUEUE_STATES:
             states.setdefault(fields[1], fields[-1])
-    return states
+        elif match := _WORKERS.match(line.strip()):
+            workers = int(match["active"]) + int(match["idle"])
+    return states, workers
 
 
 def failure_reason(root: Path, name: str, state: str) -> str:
