@@ -289,14 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("study", help="a study of studies/ (blog, accuracy) or a YAML file")
     parser.add_argument("--workspace", default=".", help="the DVC repository (default: .)")
-    parser.add_argument("--rows", help="comma-separated row names (default: every row)")
+    parser.add_argument("--rows", help="comma-separated row names (default: the study's "
+                        "default_rows, else every row)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the study's)")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES,
                         help="split strategies (default: the study's)")
     parser.add_argument("--folds", type=int,
                         help="k-fold cross-validation, k runs per seed (default: the study's)")
     parser.add_argument("--epochs", type=int, help="epochs of every run (default: the study's)")
-    parser.add_argument("--jobs", type=int, help="parallel DVC queue workers (default: cores / 2)")
+    parser.add_argument("--jobs", type=int,
+                        help="DVC queue workers (default: cores / 2); with --pool, flow runs "
+                        "in flight (default: every missing run)")
     parser.add_argument("--pool", action="store_true",
                         help=f"run on the Prefect work pool of the {DEPLOYMENT} deployment "
                         "instead of DVC's local queue")
