@@ -24,19 +24,25 @@ _QUEUE_STATES = frozenset({"Queued", "Running", "Success", "Failed", "Unknown"})
 _WORKERS = re.compile(r"^Worker status: (?P<active>\d+) active, (?P<idle>\d+) idle")
 
 
-def queue_experiment(root: Path, name: str, overrides: Mapping[str, Any]) -> str:
-    """Queue one named experiment; "" when queued, else DVC's error lines.
+def queue_experiments(root: Path, experiments: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Queue each named experiment with its overrides; name -> DVC's error lines, for
+    those that could not be queued.
 
     A finished queue entry of the same name (a failed attempt, or a run whose
     experiment was since removed) is dropped first, so the states read afterwards
     are this attempt's.
     """
-    if queue_status(root)[0].get(name) in DONE_STATES:
-        run_dvc(["queue", "remove", name], root, check=False)
-    args = experiment_args(name, overrides)
-    args.insert(2, "--queue")
-    result = run_dvc(args, root, check=False)
-    return "" if result.returncode == 0 else result.error_summary()
+    states = queue_status(root)[0]
+    refused = {}
+    for name, overrides in experiments.items():
+        if states.get(name) in DONE_STATES:
+            run_dvc(["queue", "remove", name], root, check=False)
+        args = experiment_args(name, overrides)
+        args.insert(2, "--queue")
+        result = run_dvc(args, root, check=False)
+        if result.returncode:
+            refused[name] = result.error_summary()
+    return refused
 
 
 def run_queue(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,8 +25,9 @@ from agegap.errors import AgegapError, exits_cleanly
 from agegap.layout import TRAIN_RUN
 from flows import exp_bundle
 from flows.dvc_commands import exp_show, validate_overrides, workspace_lock, workspace_root
-from flows.dvc_queue import failure_reason, queue_experiment, run_queue
+from flows.dvc_queue import failure_reason, queue_experiments, run_queue
 from flows.ephemeral import quiet_ephemeral_server
+from flows.git_commands import git, head_commit
 from flows.pool_runs import DEPLOYMENT, check_commit_is_shared, pull_experiments, run_on_pool
 from flows.study_plan import (
     STRATEGIES,
@@ -56,34 +56,22 @@ def run_info(root: Path, revs: list[str]) -> dict[str, dict[str, Any]]:
     """
     info = {}
     for rev in revs:
-        shown = subprocess.run(["git", "show", f"{rev}:{TRAIN_RUN.as_posix()}"], cwd=root,
-                               capture_output=True, text=True)
-        if shown.returncode == 0:
-            try:
-                info[rev] = json.loads(shown.stdout)
-            except json.JSONDecodeError:
-                continue
+        try:
+            info[rev] = json.loads(git(root, "show", f"{rev}:{TRAIN_RUN.as_posix()}"))
+        except (AgegapError, json.JSONDecodeError):
+            continue
     return info
 
 
-def head_commit(root: Path) -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                            text=True)
-    if result.returncode:
-        raise AgegapError(f"{root}: not a git repository with a commit (DVC experiments need one)")
-    return result.stdout.strip()
-
-
-def existing_identities(shown: list[dict[str, Any]], runs: list[PlannedRun]) -> set[str]:
-    """The planned runs that already have a finished experiment on this commit."""
-    found = {identity_of(rev["name"]) for rev in experiments_of(shown)}
-    return {run.identity for run in runs if run.identity in found}
-
-
-def finished_names(shown: list[dict[str, Any]], runs: list[PlannedRun]) -> set[str]:
-    """The names of the finished experiments of this commit that are runs of the study."""
+def finished_runs(shown: list[dict[str, Any]], runs: list[PlannedRun]) -> dict[str, str]:
+    """Identity -> experiment name, for the study's runs that have a finished experiment
+    on this commit."""
     planned = {run.identity for run in runs}
-    return {rev["name"] for rev in experiments_of(shown) if identity_of(rev["name"]) in planned}
+    return {
+        identity: rev["name"]
+        for rev in experiments_of(shown)
+        if (identity := identity_of(rev["name"])) in planned
+    }
 
 
 def refuse_invalid(
@@ -116,13 +104,11 @@ def run_missing(
     logger = get_run_logger()
     root = Path(workspace)
     valid, failures = refuse_invalid(root, runs, logger)
-    queued = []
-    for run in valid:
-        if error := queue_experiment(root, run.name, run.overrides):
-            failures[run.name] = error
-            logger.error("%s: could not be queued: %s", run.name, error)
-        else:
-            queued.append(run.name)
+    refused = queue_experiments(root, {run.name: run.overrides for run in valid})
+    for name, error in refused.items():
+        failures[name] = error
+        logger.error("%s: could not be queued: %s", name, error)
+    queued = [run.name for run in valid if run.name not in refused]
     if queued:
         states = run_queue(root, queued, jobs, timeout_s, logger.info)
         for name, state in states.items():
@@ -221,7 +207,7 @@ def run_study(
         if deployment:
             commit = check_commit_is_shared(root, git_remote)
             pull_experiments(root, git_remote)  # what other machines ran already
-        done = existing_identities(exp_show(root), runs)
+        done = finished_runs(exp_show(root), runs)
         missing = [run for run in runs if run.identity not in done]
         workers = jobs or (len(missing) if deployment else default_jobs(len(missing)))
         logger.info("study %s: %d runs, %d already done, %d to run, %d at a time%s",
@@ -239,7 +225,7 @@ def run_study(
         report, summary = write_report(str(root), chosen, runs, failures, report_dir)
         if bundle:
             kept = exp_bundle.save(root, root / bundle, head_commit(root),
-                                   finished_names(exp_show(root), runs))
+                                   set(finished_runs(exp_show(root), runs).values()))
             logger.info("%s: %d experiments kept", bundle, kept)
     logger.info("report: %s", report)
     return {"report": str(report), "summary": summary, "failures": failures}

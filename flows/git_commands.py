@@ -15,3 +15,8 @@ def git(root: Path, *args: str) -> str:
         last = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
         raise AgegapError(f"git {' '.join(args)} in {root}: {last[-1]}")
     return result.stdout.strip()
+
+
+def head_commit(root: Path) -> str:
+    """The commit checked out in ``root``: the one a study's experiments belong to."""
+    return git(root, "rev-parse", "HEAD")

@@ -18,7 +18,7 @@ from typing import Any
 
 from agegap.errors import AgegapError
 from flows.dvc_commands import run_dvc
-from flows.git_commands import git
+from flows.git_commands import git, head_commit
 from flows.study_plan import PlannedRun
 
 DEPLOYMENT = "agegap-experiment/study"
@@ -36,7 +36,7 @@ class PoolOutcome:
 def check_commit_is_shared(root: Path, git_remote: str) -> str:
     """HEAD, once it is known to be on ``git_remote``: workers can only check out a
     commit they can fetch. A one-line error says to push it first."""
-    commit = git(root, "rev-parse", "HEAD")
+    commit = head_commit(root)
     git(root, "fetch", "--quiet", git_remote)
     if not git(root, "branch", "--remotes", "--contains", commit):
         raise AgegapError(
