@@ -46,12 +46,19 @@ def queue_experiments(root: Path, experiments: Mapping[str, Mapping[str, Any]]) 
 
 
 def run_queue(
-    root: Path, names: list[str], jobs: int, timeout_s: float, log: Callable[[str], Any]
+    root: Path,
+    names: list[str],
+    jobs: int,
+    timeout_s: float,
+    log: Callable[[str], Any],
+    on_success: Callable[[list[str]], Any] | None = None,
 ) -> dict[str, str]:
     """``dvc queue start -j N``, then wait until every named experiment succeeded or failed.
 
-    Should no worker be left while experiments of ours wait (one stopped by another
-    tool, or crashed), the workers are started again.
+    ``on_success`` is called with the experiments that succeeded since the last look,
+    as they do, so a long study can keep its results before it ends. Should no worker
+    be left while experiments of ours wait (one stopped by another tool, or crashed),
+    the workers are started again.
     """
     for line in start_queue(root, jobs):
         log(line)
@@ -72,6 +79,9 @@ def run_queue(
             if mine != last:
                 counts = {s: list(mine.values()).count(s) for s in sorted(set(mine.values()))}
                 log("queue: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+                succeeded = [n for n, s in mine.items() if s == "Success" != last.get(n)]
+                if on_success and succeeded:
+                    on_success(succeeded)
                 last = mine
             if all(state in DONE_STATES for state in mine.values()):
                 return mine

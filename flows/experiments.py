@@ -95,14 +95,29 @@ def default_jobs(experiments: int) -> int:
     return max(1, min(experiments, (os.cpu_count() or 2) // 2))
 
 
+def keep_in_bundle(root: Path, bundle: str, runs: list[PlannedRun]) -> int:
+    """Write the finished ones of ``runs`` to the bundle file (the runs it held already
+    stay); how many experiments it holds."""
+    finished = set(finished_runs(exp_show(root), runs).values())
+    return exp_bundle.save(root, root / bundle, head_commit(root), finished)
+
+
 @task(name="run-missing-experiments", cache_policy=NO_CACHE)
 def run_missing(
-    workspace: str, runs: list[PlannedRun], jobs: int, timeout_s: float
+    workspace: str, runs: list[PlannedRun], jobs: int, timeout_s: float,
+    bundle: str | None = None,
 ) -> dict[str, str]:
     """Queue and run the valid runs given on DVC's queue; experiment name -> why it
-    failed, for those that did."""
+    failed, for those that did. With a ``bundle``, each run is written to it as soon as
+    it succeeds: an interrupted study loses none of its finished runs."""
     logger = get_run_logger()
     root = Path(workspace)
+
+    def keep(succeeded: list[str]) -> None:
+        kept = keep_in_bundle(root, bundle, runs) if bundle else 0
+        logger.info("%s succeeded%s", ", ".join(succeeded),
+                    f"; {bundle}: {kept} experiments kept" if bundle else "")
+
     valid, failures = refuse_invalid(root, runs, logger)
     refused = queue_experiments(root, {run.name: run.overrides for run in valid})
     for name, error in refused.items():
@@ -110,7 +125,7 @@ def run_missing(
         logger.error("%s: could not be queued: %s", name, error)
     queued = [run.name for run in valid if run.name not in refused]
     if queued:
-        states = run_queue(root, queued, jobs, timeout_s, logger.info)
+        states = run_queue(root, queued, jobs, timeout_s, logger.info, on_success=keep)
         for name, state in states.items():
             if state != "Success":
                 failures[name] = failure_reason(root, name, state)
@@ -153,6 +168,8 @@ def write_report(
     """``<report_dir>/<study>.md`` and ``.png`` from ``dvc exp show``, and Prefect artifacts."""
     root = Path(workspace)
     shown = exp_show(root)
+    done = finished_runs(shown, runs)
+    missing = [run.name for run in runs if run.identity not in done and run.name not in failures]
     revs = [rev["rev"] for rev in experiments_of(shown)]
     records = study_records(runs, shown, run_info(root, revs))
     summary = summarise(records, chosen.baseline)
@@ -162,7 +179,7 @@ def write_report(
     report = folder / f"{chosen.name}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     text = markdown(chosen, summary, rows=rows, commit=head_commit(root), failures=failures,
-                    chart=chart.name if chart else None)
+                    missing=missing, chart=chart.name if chart else None)
     report.write_text(text, encoding="utf-8")
     table = [{k: v for k, v in line.items() if not isinstance(v, list)} for line in summary]
     create_table_artifact(table=table, key=TABLE_KEY, description=f"study {chosen.name}")
@@ -186,8 +203,10 @@ def run_study(
     git_remote: str = "origin",
     attempts: int = 3,
     bundle: str | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
-    """Run what the study lacks on this commit, then report every run it has.
+    """Run what the study lacks on this commit, then report every run it has
+    (``report_only``: run nothing, report what there is).
 
     Locally (no ``deployment``) the missing runs go to DVC's queue. With a deployment
     (``agegap-experiment/study``) they go to its work pool, one flow run each, at most
@@ -210,10 +229,14 @@ def run_study(
         done = finished_runs(exp_show(root), runs)
         missing = [run for run in runs if run.identity not in done]
         workers = jobs or (len(missing) if deployment else default_jobs(len(missing)))
-        logger.info("study %s: %d runs, %d already done, %d to run, %d at a time%s",
-                    chosen.name, len(runs), len(done), len(missing), workers,
-                    f" on {deployment}" if deployment else " on DVC's queue")
-        if not missing:
+        if report_only:
+            logger.info("study %s: %d runs, %d done, %d missing (not run: report only)",
+                        chosen.name, len(runs), len(done), len(missing))
+        else:
+            logger.info("study %s: %d runs, %d already done, %d to run, %d at a time%s",
+                        chosen.name, len(runs), len(done), len(missing), workers,
+                        f" on {deployment}" if deployment else " on DVC's queue")
+        if not missing or report_only:
             failures: dict[str, str] = {}
         elif deployment:
             failures = run_missing_on_pool(
@@ -221,12 +244,10 @@ def run_study(
                 attempts, timeout_s,
             )
         else:
-            failures = run_missing(str(root), missing, workers, timeout_s)
+            failures = run_missing(str(root), missing, workers, timeout_s, bundle)
         report, summary = write_report(str(root), chosen, runs, failures, report_dir)
-        if bundle:
-            kept = exp_bundle.save(root, root / bundle, head_commit(root),
-                                   set(finished_runs(exp_show(root), runs).values()))
-            logger.info("%s: %d experiments kept", bundle, kept)
+        if bundle and not report_only:
+            logger.info("%s: %d experiments kept", bundle, keep_in_bundle(root, bundle, runs))
     logger.info("report: %s", report)
     return {"report": str(report), "summary": summary, "failures": failures}
 
@@ -298,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", metavar="FILE",
                         help="a git bundle of the study's experiments: fetched before (its "
                         "runs count as done), written after; commit it to keep them")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the report of the runs there are (a study "
+                        "under way elsewhere, or one stopped part way)")
     parser.add_argument("--report-dir", default=REPORT_DIR,
                         help=f"folder of STUDY.md and STUDY.png (default {REPORT_DIR}, not in "
                         "git; name reports to replace the committed report)")
@@ -311,14 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         raise AgegapError(f"--attempts {options.attempts}: expected at least 1")
     if options.jobs is not None and options.jobs < 1:
         raise AgegapError(f"--jobs {options.jobs}: expected at least 1")
-    if options.pool:
+    if options.pool and not options.report_only:
         require_shared_server()
     quiet_ephemeral_server()
     state = run_study(workspace=str(root), study=options.study, jobs=options.jobs,
                       report_dir=options.report_dir, return_state=True,
                       deployment=options.deployment if options.pool else None,
                       git_remote=options.git_remote, attempts=options.attempts,
-                      bundle=options.bundle, **settings)
+                      bundle=options.bundle, report_only=options.report_only, **settings)
     if not state.is_completed():
         raise AgegapError(f"study failed: {state.message}")
     result = state.result()

@@ -182,10 +182,12 @@ def markdown(
     commit: str,
     rows: list[str] | None = None,
     failures: Mapping[str, str] | None = None,
+    missing: list[str] | None = None,
     chart: str | None = None,
 ) -> str:
     """The report: one table line per summary line, the overrides of ``rows`` (those in
-    the summary when None), and the failed runs with their reasons."""
+    the summary when None), the failed runs with their reasons, and the runs not made
+    yet (a report of a study under way)."""
     machines = sorted({m for s in summary for m in s["machines"]}) or ["not recorded"]
     references = {row.name: row.reference for row in study.rows if row.reference}
     lines = [
@@ -248,6 +250,9 @@ def markdown(
     if failures:
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{name}`: {why}" for name, why in failures.items()]
+    if missing:
+        lines += ["", f"## Not run yet ({len(missing)})", ""]
+        lines += [f"- `{name}`" for name in missing]
     if chart:
         lines += ["", f"![test accuracy by row]({chart})"]
     return "\n".join(lines) + "\n"

@@ -63,8 +63,11 @@ def test_a_study_runs_what_is_missing_and_reports_from_dvc(
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "data stages"], project)
 
-    # One worker for two experiments: it takes the second when the first is done.
-    state = run_study(workspace=str(project), study="trial", jobs=1, return_state=True)
+    # One worker for two experiments: it takes the second when the first is done, and
+    # each goes into the bundle file as it succeeds.
+    bundle = "reports/studies/trial.bundle"
+    state = run_study(workspace=str(project), study="trial", jobs=1, bundle=bundle,
+                      return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     (line,) = result["summary"]
@@ -79,9 +82,11 @@ def test_a_study_runs_what_is_missing_and_reports_from_dvc(
     made = experiments(project)
     assert len(made) == 2 and all(name.startswith("wide-dropout-image-s") for name in made)
     assert all(identity_of(name) for name in made)
+    heads = run(["git", "bundle", "list-heads", bundle], project).stdout.splitlines()
+    assert sorted(head.rsplit("/", 1)[-1] for head in heads) == sorted(made)
 
-    # The default folder is not in git: nothing committed changes.
-    assert run(["git", "status", "--porcelain", "reports"], project).stdout == ""
+    # The default report folder is not in git: nothing committed changes.
+    assert run(["git", "status", "--porcelain", "reports"], project).stdout == f"?? {bundle}\n"
     report = (project / ".studies" / "trial.md").read_text(encoding="utf-8")
     assert "| cpu | image | wide-dropout | 1 | 2 (0, 1) |" in report
     assert "| 83.00 |" in report  # the row's reference figure
@@ -91,7 +96,6 @@ def test_a_study_runs_what_is_missing_and_reports_from_dvc(
     # Renamed, the row is the same runs: the command runs nothing new, and still says
     # which runs failed, with exit status 1.
     trial.write_text(yaml.safe_dump(trial_study("dropout-0.5")), encoding="utf-8")
-    bundle = "reports/studies/trial.bundle"
     with pytest.raises(SystemExit) as exit_status:
         main(["trial", "--workspace", str(project), "--jobs", "2", "--bundle", bundle])
     assert exit_status.value.code == 1
@@ -105,6 +109,14 @@ def test_a_study_runs_what_is_missing_and_reports_from_dvc(
     assert "| cpu | image | dropout-0.5 | 1 | 2 (0, 1) |" in report
     err = capsys.readouterr().err
     assert "failed: too-big-kernel-image-s0-" in err and "2 run(s) failed" in err
+
+    # A report of the study so far runs nothing, and names the runs it lacks.
+    assert main(["trial", "--workspace", str(project), "--rows", "dropout-0.5",
+                 "--seeds", "0", "1", "2", "--report-only"]) == 0
+    assert sorted(experiments(project)) == sorted(made)
+    report = (project / ".studies" / "trial.md").read_text(encoding="utf-8")
+    assert "| cpu | image | dropout-0.5 | 1 | 2 (0, 1) |" in report
+    assert "## Not run yet (1)\n\n- `dropout-0-5-image-s2-" in report
 
     # Bad input stops before anything runs: one line, exit 1.
     with pytest.raises(SystemExit) as exit_status:

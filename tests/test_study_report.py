@@ -122,3 +122,14 @@ def test_cross_validation_pools_the_folds_and_pairs_fold_by_fold() -> None:
     assert summary[("x", None)]["runs"] == 1
     text = markdown(STUDY, summarise(rows, "blog"), commit="0" * 40)
     assert "| 2 (0; 2-fold, pooled) | 87.50 ± 7.07 | 5.00 |" in text
+
+
+def test_a_study_under_way_lists_the_runs_it_lacks() -> None:
+    rows = [record("blog", 0, 0.8)]
+    text = markdown(STUDY, summarise(rows, "blog"), commit="0" * 40,
+                    failures={"x-identity-s0-1111111111": "Failed: out of memory"},
+                    missing=["blog-identity-s1-2222222222", "x-identity-s1-3333333333"])
+    assert "## Failed runs\n\n- `x-identity-s0-1111111111`: Failed: out of memory" in text
+    assert ("## Not run yet (2)\n\n- `blog-identity-s1-2222222222`\n"
+            "- `x-identity-s1-3333333333`") in text
+    assert "Not run yet" not in markdown(STUDY, summarise(rows, "blog"), commit="0" * 40)
