@@ -37,6 +37,7 @@ from flows.study_plan import (
     identity_of,
     load_study,
     plan_runs,
+    runs_to_make,
     select_rows,
     study_path,
 )
@@ -168,8 +169,8 @@ def write_report(
     """``<report_dir>/<study>.md`` and ``.png`` from ``dvc exp show``, and Prefect artifacts."""
     root = Path(workspace)
     shown = exp_show(root)
-    done = finished_runs(shown, runs)
-    missing = [run.name for run in runs if run.identity not in done and run.name not in failures]
+    missing = [run.name for run in runs_to_make(runs, finished_runs(shown, runs))
+               if run.name not in failures]
     revs = [rev["rev"] for rev in experiments_of(shown)]
     records = study_records(runs, shown, run_info(root, revs))
     summary = summarise(records, chosen.baseline)
@@ -227,15 +228,13 @@ def run_study(
             commit = check_commit_is_shared(root, git_remote)
             pull_experiments(root, git_remote)  # what other machines ran already
         done = finished_runs(exp_show(root), runs)
-        missing = [run for run in runs if run.identity not in done]
+        missing = runs_to_make(runs, done)
         workers = jobs or (len(missing) if deployment else default_jobs(len(missing)))
-        if report_only:
-            logger.info("study %s: %d runs, %d done, %d missing (not run: report only)",
-                        chosen.name, len(runs), len(done), len(missing))
-        else:
-            logger.info("study %s: %d runs, %d already done, %d to run, %d at a time%s",
-                        chosen.name, len(runs), len(done), len(missing), workers,
-                        f" on {deployment}" if deployment else " on DVC's queue")
+        distinct = len({run.identity for run in runs})
+        logger.info("study %s: %d runs (%d distinct), %d already done, %d %s", chosen.name,
+                    len(runs), distinct, len(done), len(missing),
+                    "missing, not run: report only" if report_only else
+                    f"to run, {workers} at a time on {deployment or 'DVC queue'}")
         if not missing or report_only:
             failures: dict[str, str] = {}
         elif deployment:

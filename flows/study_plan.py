@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,3 +240,14 @@ def plan_runs(
                         PlannedRun(row.name, seed, strategy, fold, overrides, identity, name)
                     )
     return runs
+
+
+def runs_to_make(runs: list[PlannedRun], done: Collection[str]) -> list[PlannedRun]:
+    """The runs whose identity has no finished experiment in ``done``, one per identity:
+    rows that set the same params (the blog's ``batch-16`` is its ``dropout-0.1``) share
+    one experiment instead of training the same network twice."""
+    first: dict[str, PlannedRun] = {}
+    for run in runs:
+        if run.identity not in done:
+            first.setdefault(run.identity, run)
+    return list(first.values())

@@ -52,15 +52,19 @@ def study_records(
 ) -> list[dict[str, Any]]:
     """One record per planned run that has a finished experiment, found by identity.
 
-    The row comes from the plan, so a renamed row keeps its runs; the split, seed and
-    epochs come from the experiment's own params. Where an identity appears twice
-    (the same run made again), the newer experiment counts.
+    The row comes from the plan, so a renamed row keeps its runs, and rows that set the
+    same params share their experiments; the split, seed and epochs come from the
+    experiment's own params. Where an identity appears twice (the same run made again),
+    the newer experiment counts.
     """
-    by_identity = {run.identity: run for run in runs}
+    rows_of: dict[str, list[str]] = {}
+    for run in runs:
+        if run.row not in rows_of.setdefault(run.identity, []):
+            rows_of[run.identity].append(run.row)
     newest: dict[str, Mapping[str, Any]] = {}
     for rev in experiments_of(exp_show):
         identity = identity_of(rev["name"])
-        if identity in by_identity:
+        if identity in rows_of:
             kept = newest.get(identity)
             if kept is None or (rev["data"].get("timestamp") or "") > (
                 kept["data"].get("timestamp") or ""
@@ -74,8 +78,7 @@ def study_records(
         trained = _file_data(data, "metrics", str(TRAIN_METRICS))
         info = (run_info or {}).get(rev["rev"], {})
         folds = params.get("cv_folds") or None
-        records.append({
-            "row": by_identity[identity].row,
+        record = {
             "experiment": rev["name"],
             "rev": rev["rev"],
             "strategy": params.get("split_strategy"),
@@ -95,9 +98,10 @@ def study_records(
             "precision": info.get("precision"),
             "machine": ", ".join(str(info[k]) for k in ("cpu", "accelerator", "precision")
                                  if k in info),
-        })
-    order = {run.identity: index for index, run in enumerate(runs)}
-    return sorted(records, key=lambda r: order[identity_of(r["experiment"])])
+        }
+        records += [{"row": row, **record} for row in rows_of[identity]]
+    order = {(run.row, run.identity): index for index, run in enumerate(runs)}
+    return sorted(records, key=lambda r: order[(r["row"], identity_of(r["experiment"]))])
 
 
 def at_chance(record: Mapping[str, Any]) -> bool:

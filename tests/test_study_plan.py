@@ -16,6 +16,7 @@ from flows.study_plan import (
     load_study,
     plan_runs,
     run_identity,
+    runs_to_make,
     select_rows,
     study_path,
 )
@@ -59,6 +60,22 @@ def test_the_blog_recipe_is_the_same_in_both_studies() -> None:
         "train_per_class", "validation_per_class", "test_per_class", "cv_folds", "cv_fold",
         "epochs", "seed", "precision", "deterministic",
     }  # fmt: skip
+
+
+def test_one_network_is_one_experiment_across_rows_and_studies() -> None:
+    """The blog's batch-16 row is its dropout-0.1 row, which is the accuracy study's blog
+    row on the identity split: one experiment serves all three."""
+    blog = load_study(study_path(REPO, "blog"))
+    protocol = load_study(study_path(REPO, "accuracy"))
+    runs = plan_runs(blog, blog.rows, seeds=[0, 1])
+    chosen = {r.seed: r.identity for r in runs if r.row == "dropout-0.1"}
+    assert chosen == {r.seed: r.identity for r in runs if r.row == "batch-16"}
+    assert chosen == {r.seed: r.identity for r in plan_runs(
+        protocol, [protocol.row("blog")], seeds=[0, 1], strategies=["identity"])}
+    to_make = runs_to_make(runs, done={chosen[0]})
+    assert len(runs) == 24 and len(to_make) == 21  # 22 networks, one already trained
+    assert [r.row for r in to_make].count("batch-16") == 0
+    assert [r.row for r in to_make].count("dropout-0.1") == 1
 
 
 def test_the_accuracy_protocol_runs_its_default_rows_unless_told() -> None:

@@ -52,6 +52,14 @@ def test_a_renamed_row_keeps_its_runs_and_a_changed_row_does_not() -> None:
     assert [r["row"] for r in records(changed)] == ["blog", "blog"]
 
 
+def test_rows_that_set_the_same_params_share_their_experiments() -> None:
+    twin = replace(STUDY, rows=[*STUDY.rows, replace(STUDY.rows[0], name="blog-again")])
+    found = records(twin)
+    assert [(r["row"], r["seed"]) for r in found] == [
+        ("blog", 0), ("blog", 1), ("blog+cutout", 0), ("blog-again", 0), ("blog-again", 1)]
+    assert found[3]["rev"] == found[0]["rev"]
+
+
 def test_the_summary_pairs_each_row_with_the_baseline_on_the_same_splits() -> None:
     summary = {s["row"]: s for s in summarise(records(), STUDY.baseline)}
     blog, cutout = summary["blog"], summary["blog+cutout"]
