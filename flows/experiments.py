@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,9 @@ def run_study(
     chosen = load_study(study_path(root, study))
     runs = plan(chosen, rows=rows, seeds=seeds, strategies=strategies, folds=folds,
                 epochs=epochs)
-    with workspace_lock(root, on_wait=logger.info):
+    # A report only reads: it must not wait hours for a study running here.
+    lock = nullcontext() if report_only else workspace_lock(root, on_wait=logger.info)
+    with lock:
         if bundle and (restored := exp_bundle.restore(root, root / bundle)):
             logger.info("%s: %d experiments fetched", bundle, restored)
         if deployment:

@@ -255,7 +255,7 @@ def markdown(
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{name}`: {why}" for name, why in failures.items()]
     if missing:
-        lines += ["", f"## Not run yet ({len(missing)})", ""]
+        lines += ["", f"## Not done yet ({len(missing)})", ""]
         lines += [f"- `{name}`" for name in missing]
     if chart:
         lines += ["", f"![test accuracy by row]({chart})"]

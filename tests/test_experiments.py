@@ -116,7 +116,7 @@ def test_a_study_runs_what_is_missing_and_reports_from_dvc(
     assert sorted(experiments(project)) == sorted(made)
     report = (project / ".studies" / "trial.md").read_text(encoding="utf-8")
     assert "| cpu | image | dropout-0.5 | 1 | 2 (0, 1) |" in report
-    assert "## Not run yet (1)\n\n- `dropout-0-5-image-s2-" in report
+    assert "## Not done yet (1)\n\n- `dropout-0-5-image-s2-" in report
 
     # Bad input stops before anything runs: one line, exit 1.
     with pytest.raises(SystemExit) as exit_status:

@@ -138,6 +138,6 @@ def test_a_study_under_way_lists_the_runs_it_lacks() -> None:
                     failures={"x-identity-s0-1111111111": "Failed: out of memory"},
                     missing=["blog-identity-s1-2222222222", "x-identity-s1-3333333333"])
     assert "## Failed runs\n\n- `x-identity-s0-1111111111`: Failed: out of memory" in text
-    assert ("## Not run yet (2)\n\n- `blog-identity-s1-2222222222`\n"
+    assert ("## Not done yet (2)\n\n- `blog-identity-s1-2222222222`\n"
             "- `x-identity-s1-3333333333`") in text
-    assert "Not run yet" not in markdown(STUDY, summarise(rows, "blog"), commit="0" * 40)
+    assert "Not done yet" not in markdown(STUDY, summarise(rows, "blog"), commit="0" * 40)
