@@ -320,10 +320,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --pool: flow runs per experiment at most (default 3)")
     parser.add_argument("--bundle", metavar="FILE",
                         help="a git bundle of the study's experiments: fetched before (its "
-                        "runs count as done), written after; commit it to keep them")
+                        "runs count as done), each run written to it as it succeeds; commit "
+                        "it to keep them")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the report of the runs there are (a study "
-                        "under way elsewhere, or one stopped part way)")
+                        "under way, here or elsewhere, or one stopped part way)")
     parser.add_argument("--report-dir", default=REPORT_DIR,
                         help=f"folder of STUDY.md and STUDY.png (default {REPORT_DIR}, not in "
                         "git; name reports to replace the committed report)")
