@@ -160,7 +160,7 @@ def test_a_study_on_two_workers_survives_a_killed_worker(
 
             # The whole study: seed 1's two runs, worker 1 killed in the middle of its one.
             log = coordinate(during=kill_worker_1_mid_run)
-            assert "4 runs, 2 already done, 2 to run" in log
+            assert "4 runs (4 distinct), 2 already done, 2 to run" in log
 
             deployment = client.read_deployment_by_name("agegap-experiment/study")
 
