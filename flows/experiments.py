@@ -232,6 +232,8 @@ def run_study(
             pull_experiments(root, git_remote)  # what other machines ran already
         done = finished_runs(exp_show(root), runs)
         missing = runs_to_make(runs, done)
+        if bundle and done and not report_only:  # runs shared with other studies too
+            keep_in_bundle(root, bundle, runs)
         workers = jobs or (len(missing) if deployment else default_jobs(len(missing)))
         distinct = len({run.identity for run in runs})
         logger.info("study %s: %d runs (%d distinct), %d already done, %d %s", chosen.name,
