@@ -233,7 +233,7 @@ def run_study(
         done = finished_runs(exp_show(root), runs)
         missing = runs_to_make(runs, done)
         if bundle and done and not report_only:  # runs shared with other studies too
-            keep_in_bundle(root, bundle, runs)
+            exp_bundle.save(root, root / bundle, head_commit(root), set(done.values()))
         workers = jobs or (len(missing) if deployment else default_jobs(len(missing)))
         distinct = len({run.identity for run in runs})
         logger.info("study %s: %d runs (%d distinct), %d already done, %d %s", chosen.name,
