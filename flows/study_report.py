@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agegap.layout import METRICS, TRAIN_METRICS
-from flows.study_plan import PlannedRun, Study, identity_of
+from flows.study_plan import PlannedRun, Row, Study, identity_of
 
 PARAMS_FILE = "params.yaml"
 _GROUP = ("row", "strategy", "epochs", "device", "folds")
@@ -241,16 +241,7 @@ def markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Rows (the params.yaml keys each run sets; studies/{study.name}.yaml):", ""]
     shown = set(rows) if rows is not None else {s["row"] for s in summary}
-    base = study.row(study.baseline).overrides if study.baseline else {}
-    for row in study.rows:
-        if row.name not in shown:
-            continue
-        if study.baseline and row.name != study.baseline:
-            changed = {k: v for k, v in row.overrides.items() if base.get(k) != v}
-            what = f"`{study.baseline}` with `{json.dumps(changed, sort_keys=True)}`"
-        else:
-            what = f"`{json.dumps(row.overrides, sort_keys=True)}`"
-        lines.append(f"- `{row.name}`: {row.description + '; ' if row.description else ''}{what}")
+    lines += _row_lines(study, [row for row in study.rows if row.name in shown])
     if failures:
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{name}`: {why}" for name, why in failures.items()]
@@ -260,6 +251,34 @@ def markdown(
     if chart:
         lines += ["", f"![test accuracy by row]({chart})"]
     return "\n".join(lines) + "\n"
+
+
+def _row_lines(study: Study, rows: list[Row]) -> list[str]:
+    """Each row's overrides as a difference a reader can see: against the baseline row
+    where the study names one, else against the keys every listed row sets alike, written
+    once (a study's common ``base`` would otherwise repeat on every line)."""
+    lines: list[str] = []
+    if study.baseline:
+        common = study.row(study.baseline).overrides
+    elif len(rows) > 1:
+        common = {k: v for k, v in rows[0].overrides.items()
+                  if all(r.overrides.get(k, _UNSET) == v for r in rows)}
+        lines.append(f"- every row: `{json.dumps(common, sort_keys=True)}`")
+    else:
+        common = {}
+    for row in rows:
+        changed = {k: v for k, v in row.overrides.items() if common.get(k, _UNSET) != v}
+        if row.name == study.baseline:
+            changed = row.overrides
+        what = f"`{json.dumps(changed, sort_keys=True)}`" if changed else "nothing more"
+        if study.baseline and row.name != study.baseline:
+            what = f"`{study.baseline}` with {what}"
+        lines.append(f"- `{row.name}`: {row.description + '; ' if row.description else ''}{what}")
+    return lines
+
+
+# Tells a key a row does not set from one it sets to None.
+_UNSET = object()
 
 
 def _number(value: float | None, scale: float, digits: int) -> str:

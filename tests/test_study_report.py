@@ -91,6 +91,18 @@ def test_the_markdown_report(tmp_path: Path) -> None:
     assert "![test accuracy by row](study_small.png)" in lines
 
 
+def test_without_a_baseline_the_rows_shared_keys_are_listed_once() -> None:
+    study = replace(STUDY, baseline=None)
+    text = markdown(study, summarise(records(study), None), commit="ab" * 20)
+    listed = [line for line in text.splitlines() if line.startswith("- ")]
+    assert listed == [
+        f"- every row: `{json.dumps(STUDY.rows[0].overrides, sort_keys=True)}`",
+        "- `blog`: nothing more",
+        '- `blog+cutout`: cutout; `{"augment_cutout": 0.4}`',
+    ]
+    assert "augment_cutout" not in STUDY.rows[0].overrides
+
+
 def record(row: str, seed: int, accuracy: float, **extra) -> dict:
     base = {"row": row, "strategy": "identity", "seed": seed, "fold": None, "folds": None,
             "epochs": 100, "device": "cpu", "machine": "", "test_accuracy": accuracy,
