@@ -267,12 +267,13 @@ def _row_lines(study: Study, rows: list[Row]) -> list[str]:
     else:
         common = {}
     for row in rows:
-        changed = {k: v for k, v in row.overrides.items() if common.get(k, _UNSET) != v}
         if row.name == study.baseline:
-            changed = row.overrides
-        what = f"`{json.dumps(changed, sort_keys=True)}`" if changed else "nothing more"
-        if study.baseline and row.name != study.baseline:
-            what = f"`{study.baseline}` with {what}"
+            what = f"`{json.dumps(row.overrides, sort_keys=True)}`"
+        else:
+            own = {k: v for k, v in row.overrides.items() if common.get(k, _UNSET) != v}
+            what = f"`{json.dumps(own, sort_keys=True)}`" if own else "nothing more"
+            if study.baseline:
+                what = f"`{study.baseline}` with {what}"
         lines.append(f"- `{row.name}`: {row.description + '; ' if row.description else ''}{what}")
     return lines
 
