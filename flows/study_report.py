@@ -262,7 +262,7 @@ def _row_lines(study: Study, rows: list[Row]) -> list[str]:
         common = study.row(study.baseline).overrides
     elif len(rows) > 1:
         common = {k: v for k, v in rows[0].overrides.items()
-                  if all(r.overrides.get(k, _UNSET) == v for r in rows)}
+                  if all(k in r.overrides and r.overrides[k] == v for r in rows)}
         lines.append(f"- every row: `{json.dumps(common, sort_keys=True)}`")
     else:
         common = {}
@@ -270,16 +270,12 @@ def _row_lines(study: Study, rows: list[Row]) -> list[str]:
         if row.name == study.baseline:
             what = f"`{json.dumps(row.overrides, sort_keys=True)}`"
         else:
-            own = {k: v for k, v in row.overrides.items() if common.get(k, _UNSET) != v}
+            own = {k: v for k, v in row.overrides.items() if k not in common or common[k] != v}
             what = f"`{json.dumps(own, sort_keys=True)}`" if own else "nothing more"
             if study.baseline:
                 what = f"`{study.baseline}` with {what}"
         lines.append(f"- `{row.name}`: {row.description + '; ' if row.description else ''}{what}")
     return lines
-
-
-# Tells a key a row does not set from one it sets to None.
-_UNSET = object()
 
 
 def _number(value: float | None, scale: float, digits: int) -> str:
