@@ -13,6 +13,7 @@ import keras
 from keras import layers, ops
 
 from agegap.augment import RandomAugmentation, luma
+from agegap.batch_norm import FusedBatchNormalization
 from agegap.errors import AgegapError
 from agegap.params import Params
 
@@ -134,7 +135,7 @@ def _convolution(
         filters, kernel, padding=params.padding, use_bias=not params.batch_norm,
         kernel_initializer=_glorot(seeds), name=name,
     )(x)
-    return layers.BatchNormalization(name=f"{name}_bn")(x) if params.batch_norm else x
+    return FusedBatchNormalization(name=f"{name}_bn")(x) if params.batch_norm else x
 
 
 def make_optimizer(params: Params, total_steps: int = 1) -> keras.optimizers.Optimizer:

@@ -44,11 +44,11 @@ def tiny_sets() -> tuple[ImageSet, ImageSet]:
 
 def history(
     tmp_path: Path, name: str, precision: str, execution_steps: int | None,
-    *, draws_elsewhere: int = 0,
+    *, draws_elsewhere: int = 0, batch_norm: bool = False,
 ) -> dict:
     """``draws_elsewhere``: numbers other code takes from the global generators after
     ``configure`` seeded them, as a library's background thread may at any moment."""
-    params = Params(**TINY, precision=precision)
+    params = Params(**TINY, precision=precision, batch_norm=batch_norm)
     configure(params)
     for _ in range(draws_elsewhere):
         random.random()
@@ -63,12 +63,14 @@ def history(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "auto"])
+@pytest.mark.parametrize("batch_norm", [False, True])
 def test_two_runs_give_identical_histories(
-    tmp_path: Path, restore_globals: None, precision: str
+    tmp_path: Path, restore_globals: None, precision: str, batch_norm: bool
 ) -> None:
-    """``auto`` is what ``params.yaml`` ships: mixed_bfloat16 on a CPU with AMX or avx512_bf16."""
-    first = history(tmp_path, "first", precision, None)
-    second = history(tmp_path, "second", precision, None)
+    """``auto`` is what ``params.yaml`` ships: mixed_bfloat16 on a CPU with AMX or
+    avx512_bf16. Batch normalisation trains on TensorFlow's fused kernel."""
+    first = history(tmp_path, "first", precision, None, batch_norm=batch_norm)
+    second = history(tmp_path, "second", precision, None, batch_norm=batch_norm)
     assert first == second
     assert len(first["loss"]) == TINY["epochs"]
 
