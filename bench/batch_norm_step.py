@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -33,6 +32,7 @@ IMAGE_SIZE = 100
 
 
 def row_params(row: str, epochs: int, images: int):
+    """``row`` of the accuracy study, for ``epochs`` of ``images`` training images."""
     from agegap.params import params_from_dict
     from flows.study_plan import load_study, study_path
 
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="per side and round, the first not timed")
     parser.add_argument("--images", type=int, default=800, help="training images per epoch")
     args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs: at least 2 (the first epoch traces and is not timed)")
     params = row_params(args.row, args.epochs, args.images)
     print(f"machine: {cpu_name()}; features: {' '.join(native_features())}; "
           f"native bfloat16: {bfloat16_unit() or 'none'}")
@@ -96,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
         ratios.append(speed["fused"] / speed["keras"])
         print(f"round {round_ + 1}: keras {speed['keras']:.1f} images/s, "
               f"fused {speed['fused']:.1f} images/s, ratio {ratios[-1]:.2f}")
-        time.sleep(1)
     print(f"fused / keras: median {statistics.median(ratios):.2f} "
           f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})")
 
