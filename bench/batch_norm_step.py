@@ -36,9 +36,14 @@ def row_params(row: str, epochs: int, images: int):
     from agegap.params import params_from_dict
     from flows.study_plan import load_study, study_path
 
-    overrides = load_study(study_path(REPO, "accuracy")).row(row).overrides
+    from agegap.errors import AgegapError
+
+    try:
+        overrides = load_study(study_path(REPO, "accuracy")).row(row).overrides
+    except AgegapError as error:
+        raise SystemExit(f"error: {error}") from None
     if not overrides.get("batch_norm"):
-        raise SystemExit(f"studies/accuracy.yaml: row '{row}' has no batch normalisation")
+        raise SystemExit(f"error: studies/accuracy.yaml: row '{row}' has no batch normalisation")
     return params_from_dict(
         {**overrides, "epochs": epochs, "train_images_per_epoch": images},
         source="studies/accuracy.yaml",
