@@ -33,10 +33,9 @@ IMAGE_SIZE = 100
 
 def row_params(row: str, epochs: int, images: int):
     """``row`` of the accuracy study, for ``epochs`` of ``images`` training images."""
+    from agegap.errors import AgegapError
     from agegap.params import params_from_dict
     from flows.study_plan import load_study, study_path
-
-    from agegap.errors import AgegapError
 
     try:
         overrides = load_study(study_path(REPO, "accuracy")).row(row).overrides
