@@ -137,7 +137,8 @@ def summarise(records: list[dict[str, Any]], baseline: str | None) -> list[dict[
             for m in members
             if _split_key(m) in anchor and not at_chance(m) and not at_chance(anchor[_split_key(m)])
         ] if line["row"] != baseline else []
-        std = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        # One run has no spread to show: a blank, not a zero that reads as a measurement.
+        std = statistics.stdev(accuracies) if len(accuracies) > 1 else None
         probed = [m for m in members if m["probes"]]
         gray = [m["probes"]["grayscale"] for m in probed if "grayscale" in m["probes"]]
         speeds = [m["seconds_per_epoch"] for m in members if m["seconds_per_epoch"] is not None]
@@ -150,7 +151,7 @@ def summarise(records: list[dict[str, Any]], baseline: str | None) -> list[dict[
             mean=_pooled(members) if line["folds"] else statistics.fmean(accuracies),
             std=std,
             # Of the mean: seed-to-seed (or fold-to-fold) spread and test-set noise together.
-            se=std / len(accuracies) ** 0.5,
+            se=None if std is None else std / len(accuracies) ** 0.5,
             paired_runs=len(paired),
             paired_gain=_mean(paired),
             grayscale=_mean(gray),
@@ -222,7 +223,8 @@ def markdown(
             str(s["device"]), str(s["strategy"] or "params.yaml"), s["row"], str(s["epochs"]),
             f"{s['runs']} ({', '.join(map(str, s['seeds']))}"
             + (f"; {s['folds']}-fold, pooled)" if s["folds"] else ")"),
-            f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}", f"{100 * s['se']:.2f}",
+            f"{100 * s['mean']:.2f}" + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else ""),
+            _number(s["se"], 100, 2),
         ]
         if study.baseline:
             cells.append(_gain(s["paired_gain"], s["paired_runs"]))
@@ -304,7 +306,7 @@ def write_chart(study: Study, summary: list[dict[str, Any]], path: Path) -> Path
     positions = list(range(len(summary)))
     figure, axes = plt.subplots(figsize=(max(6, 0.8 * len(summary) + 2), 4.5))
     axes.bar(positions, [100 * s["mean"] for s in summary],
-             yerr=[100 * s["std"] for s in summary], capsize=4, color="#4c72b0",
+             yerr=[100 * (s["std"] or 0.0) for s in summary], capsize=4, color="#4c72b0",
              label="this study (mean ± sd)")
     marked = [(i, references[s["row"]]) for i, s in zip(positions, summary, strict=True)
               if references.get(s["row"]) is not None]
