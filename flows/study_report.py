@@ -295,7 +295,8 @@ def _gain(gain: float | None, runs: int) -> str:
 
 
 def write_chart(study: Study, summary: list[dict[str, Any]], path: Path) -> Path:
-    """A bar per summary line (mean ± sd), with the rows' reference figures as diamonds."""
+    """A horizontal bar per summary line (mean ± sd), with the rows' reference figures as
+    diamonds: horizontal, so that long row names stay readable."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,17 +305,23 @@ def write_chart(study: Study, summary: list[dict[str, Any]], path: Path) -> Path
     references = {row.name: (row.reference or {}).get("test_accuracy") for row in study.rows}
     labels = [f"{s['row']} ({s['strategy'] or 'params'})" for s in summary]
     positions = list(range(len(summary)))
-    figure, axes = plt.subplots(figsize=(max(6, 0.8 * len(summary) + 2), 4.5))
-    axes.bar(positions, [100 * s["mean"] for s in summary],
-             yerr=[100 * (s["std"] or 0.0) for s in summary], capsize=4, color="#4c72b0",
-             label="this study (mean ± sd)")
+    means = [100 * s["mean"] for s in summary]
+    spreads = [100 * (s["std"] or 0.0) for s in summary]
+    figure, axes = plt.subplots(figsize=(10, 1.5 + 0.4 * len(summary)))
+    axes.barh(positions, means, xerr=spreads, capsize=4, color="#4c72b0",
+              label="this study (mean ± sd)")
     marked = [(i, references[s["row"]]) for i, s in zip(positions, summary, strict=True)
               if references.get(s["row"]) is not None]
     if marked:
-        axes.scatter([i for i, _ in marked], [100 * v for _, v in marked], color="#dd8452",
+        axes.scatter([100 * v for _, v in marked], [i for i, _ in marked], color="#dd8452",
                      marker="D", zorder=3, label="reference (one run)")
-    axes.set_xticks(positions, labels, rotation=30, ha="right")
-    axes.set_ylabel("test accuracy (%)")
+    # Differences of a few points are what a study shows: start the axis near the lowest bar.
+    lowest = min([m - e for m, e in zip(means, spreads, strict=True)]
+                 + [100 * v for _, v in marked])
+    axes.set_xlim(max(0, 10 * (int(lowest) // 10) - 10), 100)
+    axes.set_yticks(positions, labels)
+    axes.invert_yaxis()
+    axes.set_xlabel("test accuracy (%)")
     axes.set_title(f"Study {study.name}: test accuracy by row")
     axes.legend(loc="lower right")
     figure.tight_layout()
