@@ -323,7 +323,7 @@ def write_chart(study: Study, summary: list[dict[str, Any]], path: Path) -> Path
     axes.invert_yaxis()
     axes.set_xlabel("test accuracy (%)")
     axes.set_title(f"Study {study.name}: test accuracy by row")
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes.legend(loc="best")  # where it covers the fewest bars
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
