@@ -19,16 +19,13 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agegap.machine import bfloat16_unit, cpu_name, native_features  # noqa: E402
+from bench.train_throughput import machine, random_split  # noqa: E402
 
 SIDES = ("keras", "fused")
 DEFAULT_ROW = "blog+batchnorm+cosine+fullepochs+cutout+gray+jitter+scale0.3+blur"
-IMAGE_SIZE = 100
 
 
 def row_params(row: str, epochs: int, images: int):
@@ -61,11 +58,9 @@ def images_per_second(side: str, params, images: int) -> float:
 
     configure(params)
     steps = images // params.batch_size
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (images, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    y = rng.integers(0, 2, (images, 1)).astype("float32")
+    arrays = random_split()
     batches = (
-        tf.data.Dataset.from_tensor_slices((x, y))
+        tf.data.Dataset.from_tensor_slices((arrays["train_x"][:images], arrays["train_y"][:images]))
         .batch(params.batch_size).cache().repeat().prefetch(2)
     )
     layer = agegap.model.FusedBatchNormalization
@@ -91,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs < 2:
         parser.error("--epochs: at least 2 (the first epoch traces and is not timed)")
     params = row_params(args.row, args.epochs, args.images)
-    print(f"machine: {cpu_name()}; features: {' '.join(native_features())}; "
-          f"native bfloat16: {bfloat16_unit() or 'none'}")
+    print("machine: " + "; ".join(f"{key}: {value}" for key, value in machine().items()))
     print(f"row: {args.row}; batch {params.batch_size}; {args.images} images per epoch; "
           f"median of epochs 2 to {args.epochs}")
     ratios = []
