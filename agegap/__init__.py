@@ -16,4 +16,7 @@ CLASS_NAMES: tuple[str, str] = ("old", "young")
 DECISION_THRESHOLD = 0.5
 """P(young) at or above this is called young, everywhere a label is printed or scored."""
 
+JPEG_QUALITIES: tuple[int, int] = (20, 95)
+"""The lowest and highest quality of a training image saved again as JPEG (``augment_jpeg``)."""
+
 __version__ = "0.1.0"

@@ -10,6 +10,8 @@ import math
 import keras
 from keras import ops
 
+from agegap import JPEG_QUALITIES
+
 
 @keras.saving.register_keras_serializable(package="agegap")
 class RandomAugmentation(keras.layers.Layer):
@@ -19,8 +21,8 @@ class RandomAugmentation(keras.layers.Layer):
 
     Beyond the blog, each off unless asked for: rotation, shift, a change of scale (onto
     a flat background where it zooms out), cutout, and the photometric changes
-    (brightness, contrast, saturation, grayscale, blur) that keep a model from judging the
-    photograph instead of the face.
+    (brightness, contrast, saturation, grayscale, blur, JPEG) that keep a model from
+    judging the photograph instead of the face.
 
     Matches Keras 2's ``apply_affine_transform``: the matrix maps output pixels to
     input pixels around the image centre, bilinear sampling, ``fill_mode="nearest"``,
@@ -42,6 +44,7 @@ class RandomAugmentation(keras.layers.Layer):
         contrast: float = 0.0,
         saturation: float = 0.0,
         blur: float = 0.0,
+        jpeg: float = 0.0,
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("dtype", "float32")  # sampling in bf16 would blur; the cost is nil
@@ -58,6 +61,7 @@ class RandomAugmentation(keras.layers.Layer):
         self.contrast = float(contrast)
         self.saturation = float(saturation)
         self.blur = float(blur)
+        self.jpeg = float(jpeg)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
@@ -78,7 +82,8 @@ class RandomAugmentation(keras.layers.Layer):
     @property
     def is_photometric(self) -> bool:
         """Whether any colour, tone or sharpness change is asked for."""
-        return any((self.grayscale, self.brightness, self.contrast, self.saturation, self.blur))
+        return any((self.grayscale, self.brightness, self.contrast, self.saturation, self.blur,
+                    self.jpeg))
 
     def call(self, images, training: bool = False):
         images = ops.cast(images, self.compute_dtype)
@@ -118,8 +123,9 @@ class RandomAugmentation(keras.layers.Layer):
 
     def photometric(self, images):
         """Random brightness, contrast and saturation factors in [1 - x, 1 + x] (as PIL's
-        ImageEnhance), grayscale with probability ``grayscale``, and a Gaussian blur of a
-        random sigma up to ``blur`` pixels: the film and print change, the face does not."""
+        ImageEnhance), grayscale with probability ``grayscale``, a Gaussian blur of a
+        random sigma up to ``blur`` pixels, and a share ``jpeg`` of the images saved again
+        as JPEG at a random quality: the film, print and file change, the face does not."""
         batch = ops.shape(images)[0]
         dtype = self.compute_dtype
 
@@ -144,7 +150,18 @@ class RandomAugmentation(keras.layers.Layer):
             sigma = keras.random.uniform((batch,), 0, self.blur, dtype=dtype,
                                          seed=self.seed_generator)
             images = gaussian_blur(images, sigma)
-        return ops.clip(images, 0, 255)
+        images = ops.clip(images, 0, 255)
+        return self.resave_as_jpeg(images) if self.jpeg else images
+
+    def resave_as_jpeg(self, images):
+        """A share ``jpeg`` of the images encoded and decoded as JPEG, each at a quality
+        drawn from :data:`JPEG_QUALITIES`: the blocks and ringing of a small web copy."""
+        batch = ops.shape(images)[0]
+        quality = keras.random.randint((batch,), JPEG_QUALITIES[0], JPEG_QUALITIES[1] + 1,
+                                       seed=self.seed_generator)
+        coin = keras.random.uniform((batch, 1, 1, 1), 0, 1, dtype=self.compute_dtype,
+                                    seed=self.seed_generator)
+        return ops.where(coin < self.jpeg, jpeg_codec(images, quality), images)
 
     def cut_out(self, images):
         """Cutout (DeVries and Taylor, 2017): one square per image, ``cutout`` of the side,
@@ -220,6 +237,7 @@ class RandomAugmentation(keras.layers.Layer):
             contrast=self.contrast,
             saturation=self.saturation,
             blur=self.blur,
+            jpeg=self.jpeg,
         )
         return config
 
@@ -254,6 +272,27 @@ def gaussian_blur(images, sigma):
         weights[:, k][:, None, None, None] * padded[:, :, k : k + size[2]]
         for k in range(2 * pad + 1)
     )
+
+
+def jpeg_codec(images, quality):
+    """Each image (0-255, any float dtype) encoded as JPEG at its own ``quality`` (shape
+    (n,)) and decoded again, by libjpeg through ``tf.image``: the codec PIL uses too, so
+    training sees the same artefacts as the JPEG probe. Keras has no JPEG op of its own,
+    so this one change needs the TensorFlow backend."""
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "augment_jpeg: JPEG augmentation needs Keras' TensorFlow backend, "
+            f"not {keras.backend.backend()!r}"
+        )
+    import tensorflow as tf
+
+    pixels = tf.cast(tf.round(images), tf.uint8)
+    saved = tf.map_fn(
+        lambda image_quality: tf.image.adjust_jpeg_quality(*image_quality),
+        (pixels, tf.cast(quality, tf.int32)),
+        fn_output_signature=tf.uint8,
+    )
+    return tf.cast(saved, images.dtype)
 
 
 def affine_rows(

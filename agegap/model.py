@@ -74,6 +74,7 @@ def build_model(params: Params) -> keras.Model:
         contrast=params.augment_contrast,
         saturation=params.augment_saturation,
         blur=params.augment_blur,
+        jpeg=params.augment_jpeg,
         name="augmentation",
     )(inputs)
     if params.input_grayscale:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from agegap import JPEG_QUALITIES
 from agegap.errors import AgegapError
 
 PARAMS_FILE = Path("params.yaml")
@@ -215,6 +216,12 @@ class Params(BaseModel):
         0.0, ge=0.0, le=3.0,
         description="robustness: a Gaussian blur of random sigma up to this many pixels "
         "(`0` = off)",
+    )
+    augment_jpeg: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="robustness: the share of training images saved again as JPEG, at a "
+        f"random quality from {JPEG_QUALITIES[0]} to {JPEG_QUALITIES[1]} (`0` = off; needs "
+        "the TensorFlow backend)",
     )
     input_grayscale: bool = Field(
         False,

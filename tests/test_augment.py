@@ -25,6 +25,7 @@ Findings these tests pin down:
 
 from __future__ import annotations
 
+import io
 import math
 import zipfile
 from pathlib import Path
@@ -33,6 +34,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from PIL import Image
 
 from agegap.augment import RandomAugmentation, affine_rows
 from agegap.model import build_model
@@ -231,7 +233,7 @@ def test_a_model_saved_under_the_layers_old_name_still_loads(tmp_path: Path) -> 
 
 ROBUSTNESS_LEVERS = {
     "scale": 0.4, "grayscale": 0.5, "brightness": 0.3, "contrast": 0.3, "saturation": 0.5,
-    "blur": 1.5,
+    "blur": 1.5, "jpeg": 1.0,
 }
 
 
@@ -289,6 +291,40 @@ def test_blur_smooths_and_a_zero_sigma_keeps_the_image() -> None:
     np.testing.assert_allclose(out[0], batch[0], atol=1e-3)
     assert out[1].std() < 0.6 * batch[1].std()
     np.testing.assert_allclose(out[1].mean(), batch[1].mean(), rtol=0.02)
+
+
+def test_jpeg_is_pils_codec_at_the_drawn_quality() -> None:
+    """The JPEG lever saves each image as PIL's JPEG probe does (both are libjpeg; the
+    decoders' DCT may differ by a level or two), at the quality given per image."""
+    from agegap.augment import jpeg_codec
+
+    def pil_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+        return np.asarray(Image.open(buffer), dtype=np.float32)
+
+    ramp = np.linspace(0, 255, 48, dtype=np.float32)
+    image = np.stack([ramp[:, None] + 0 * ramp, 0.5 * ramp[None, :] + 0 * ramp[:, None],
+                      np.full((48, 48), 90.0)], axis=-1)
+    image[12:30, 17:35] = (250, 20, 40)  # sharp edges: the ringing depends on the quality
+    batch = np.stack([image, image]).clip(0, 255).round().astype(np.uint8)
+    qualities = (25, 90)
+    out = ops.convert_to_numpy(jpeg_codec(
+        ops.convert_to_tensor(batch.astype(np.float32)), ops.convert_to_tensor(qualities)))
+    for saved, quality, other in zip(out, qualities, qualities[::-1], strict=True):
+        own = np.abs(saved - pil_jpeg(batch[0], quality)).mean()
+        assert own < 1.0
+        assert own < np.abs(saved - pil_jpeg(batch[0], other)).mean() / 2
+    loss = np.abs(out - batch).mean(axis=(1, 2, 3))
+    assert loss[0] > loss[1] > 0  # quality 25 loses more than 90, which still loses
+
+
+def test_jpeg_resaves_the_chosen_share() -> None:
+    batch = np.random.default_rng(12).integers(0, 256, (200, 16, 16, 3), dtype=np.uint8)
+    layer = RandomAugmentation(shear_degrees=0, zoom=0, flip=False, jpeg=0.5, seed=0)
+    out = ops.convert_to_numpy(layer(batch, training=True))
+    kept = np.all(out == batch, axis=(1, 2, 3))
+    assert 0.35 < kept.mean() < 0.65
 
 
 @pytest.mark.slow

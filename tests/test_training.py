@@ -44,11 +44,11 @@ def tiny_sets() -> tuple[ImageSet, ImageSet]:
 
 def history(
     tmp_path: Path, name: str, precision: str, execution_steps: int | None,
-    *, draws_elsewhere: int = 0, batch_norm: bool = False,
+    *, draws_elsewhere: int = 0, levers: dict | None = None,
 ) -> dict:
     """``draws_elsewhere``: numbers other code takes from the global generators after
     ``configure`` seeded them, as a library's background thread may at any moment."""
-    params = Params(**TINY, precision=precision, batch_norm=batch_norm)
+    params = Params(**TINY, precision=precision, **(levers or {}))
     configure(params)
     for _ in range(draws_elsewhere):
         random.random()
@@ -61,16 +61,24 @@ def history(
     return result.history
 
 
+ROBUSTNESS_RECIPE = {
+    "batch_norm": True, "augment_scale": 0.3, "augment_grayscale": 0.5,
+    "augment_brightness": 0.3, "augment_contrast": 0.3, "augment_saturation": 0.5,
+    "augment_blur": 1.0, "augment_jpeg": 0.5,
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "auto"])
-@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("levers", [{}, ROBUSTNESS_RECIPE], ids=["default", "robustness"])
 def test_two_runs_give_identical_histories(
-    tmp_path: Path, restore_globals: None, precision: str, batch_norm: bool
+    tmp_path: Path, restore_globals: None, precision: str, levers: dict
 ) -> None:
     """``auto`` is what ``params.yaml`` ships: mixed_bfloat16 on a CPU with AMX or
-    avx512_bf16. Batch normalisation trains on TensorFlow's fused kernel."""
-    first = history(tmp_path, "first", precision, None, batch_norm=batch_norm)
-    second = history(tmp_path, "second", precision, None, batch_norm=batch_norm)
+    avx512_bf16. The robustness levers add batch normalisation on TensorFlow's fused
+    kernel and every photometric change, JPEG's codec included."""
+    first = history(tmp_path, "first", precision, None, levers=levers)
+    second = history(tmp_path, "second", precision, None, levers=levers)
     assert first == second
     assert len(first["loss"]) == TINY["epochs"]
 
