@@ -304,8 +304,8 @@ def test_jpeg_is_pils_codec_at_the_drawn_quality() -> None:
         return np.asarray(Image.open(buffer), dtype=np.float32)
 
     ramp = np.linspace(0, 255, 48, dtype=np.float32)
-    image = np.stack([ramp[:, None] + 0 * ramp, 0.5 * ramp[None, :] + 0 * ramp[:, None],
-                      np.full((48, 48), 90.0)], axis=-1)
+    rows, cols = np.meshgrid(ramp, ramp, indexing="ij")
+    image = np.stack([rows, 0.5 * cols, np.full_like(rows, 90.0)], axis=-1)
     image[12:30, 17:35] = (250, 20, 40)  # sharp edges: the ringing depends on the quality
     batch = np.stack([image, image]).clip(0, 255).round().astype(np.uint8)
     qualities = (25, 90)
