@@ -125,33 +125,53 @@ class RandomAugmentation(keras.layers.Layer):
         """Random brightness, contrast and saturation factors in [1 - x, 1 + x] (as PIL's
         ImageEnhance), grayscale with probability ``grayscale``, a Gaussian blur of a
         random sigma up to ``blur`` pixels, and a share ``jpeg`` of the images saved again
-        as JPEG at a random quality: the film, print and file change, the face does not."""
+        as JPEG at a random quality: the film, print and file change, the face does not.
+
+        The four colour changes are each affine in a pixel's colour, so they are composed
+        per image into one :class:`ColourMap` and cost one pass over the pixels, not one
+        or more each."""
         batch = ops.shape(images)[0]
         dtype = self.compute_dtype
 
         def factors(spread):
-            return keras.random.uniform(
+            drawn = keras.random.uniform(
                 (batch, 1, 1, 1), 1 - spread, 1 + spread, dtype=dtype, seed=self.seed_generator
             )
+            return ops.reshape(drawn, (-1, 1, 1))
 
+        identity = ops.eye(3, dtype=dtype)[None]
+        to_gray = ops.repeat(ops.convert_to_tensor(LUMA, dtype=dtype)[None, :, None], 3, axis=2)
+        colour = ColourMap.identity(batch, dtype) if self.is_colour else None
         if self.brightness:
-            images = images * factors(self.brightness)
+            colour = colour.then(factors(self.brightness) * identity)
         if self.contrast:
-            mean = ops.mean(luma(images), axis=(1, 2, 3), keepdims=True)
-            images = mean + (images - mean) * factors(self.contrast)
+            # The mean luma of the image as it stands, from the input's channel means.
+            means = colour.apply_to_colours(ops.mean(images, axis=(1, 2)))
+            mean_luma = ops.sum(means * ops.convert_to_tensor(LUMA, dtype=dtype), axis=1)
+            factor = factors(self.contrast)
+            colour = colour.then(factor * identity,
+                                 (1 - factor[:, 0]) * mean_luma[:, None] * ops.ones((1, 3), dtype))
         if self.saturation:
-            gray = luma(images)
-            images = gray + (images - gray) * factors(self.saturation)
+            factor = factors(self.saturation)
+            colour = colour.then(factor * identity + (1 - factor) * to_gray)
         if self.grayscale:
             coin = keras.random.uniform((batch, 1, 1, 1), 0, 1, dtype=dtype,
                                         seed=self.seed_generator)
-            images = ops.where(coin < self.grayscale, luma(images), images)
+            colour = colour.then(ops.where(ops.reshape(coin, (-1, 1, 1)) < self.grayscale,
+                                           to_gray, identity))
+        if colour is not None:
+            images = colour.apply_to_images(images)
         if self.blur:
             sigma = keras.random.uniform((batch,), 0, self.blur, dtype=dtype,
                                          seed=self.seed_generator)
             images = gaussian_blur(images, sigma)
         images = ops.clip(images, 0, 255)
         return self.resave_as_jpeg(images) if self.jpeg else images
+
+    @property
+    def is_colour(self) -> bool:
+        """Whether any of the colour changes that :class:`ColourMap` composes is asked for."""
+        return any((self.brightness, self.contrast, self.saturation, self.grayscale))
 
     def resave_as_jpeg(self, images):
         """A share ``jpeg`` of the images encoded and decoded as JPEG, each at a quality
@@ -251,27 +271,56 @@ def luma(images):
     return ops.sum(images * weights, axis=-1, keepdims=True)
 
 
+class ColourMap:
+    """A per-image affine map of pixel colours, ``colour @ matrix + offset`` (shapes
+    ``(n, 3, 3)`` and ``(n, 3)``, colours as row vectors): brightness, contrast,
+    saturation and grayscale are each one, so any sequence of them is one too."""
+
+    def __init__(self, matrix, offset) -> None:
+        self.matrix, self.offset = matrix, offset
+
+    @classmethod
+    def identity(cls, batch, dtype) -> ColourMap:
+        return cls(ops.tile(ops.eye(3, dtype=dtype)[None], (batch, 1, 1)),
+                   ops.zeros((batch, 3), dtype=dtype))
+
+    def then(self, matrix, offset=None) -> ColourMap:
+        """This map followed by ``colour @ matrix + offset``."""
+        offset_now = ops.einsum("nc,ncd->nd", self.offset, matrix)
+        return ColourMap(
+            ops.matmul(self.matrix, matrix),
+            offset_now if offset is None else offset_now + offset,
+        )
+
+    def apply_to_colours(self, colours):
+        """The map of colours of shape ``(n, 3)``, one per image."""
+        return ops.einsum("nc,ncd->nd", colours, self.matrix) + self.offset
+
+    def apply_to_images(self, images):
+        return ops.einsum("nhwc,ncd->nhwd", images, self.matrix) + self.offset[:, None, None, :]
+
+
 BLUR_RADIUS = 3  # taps on each side: covers a sigma of up to about 1.5 pixels
 
 
 def gaussian_blur(images, sigma):
     """Separable Gaussian blur of each image by its own ``sigma`` (pixels, shape (n,)),
-    edges reflected; a sigma near 0 leaves the image as it is."""
+    edges reflected; a sigma near 0 leaves the image as it is.
+
+    The images' channels are laid side by side as the channels of one image, so that
+    two depthwise convolutions (rows, then columns) give each image its own kernel."""
     taps = ops.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=images.dtype)
     weights = ops.exp(-(taps[None, :] ** 2) / (2 * sigma[:, None] ** 2 + 1e-6))
     weights = weights / ops.sum(weights, axis=1, keepdims=True)
+    _, height, width, channels = ops.shape(images)
     pad = BLUR_RADIUS
-    size = ops.shape(images)
-    padded = ops.pad(images, [[0, 0], [pad, pad], [0, 0], [0, 0]], mode="reflect")
-    rows = sum(
-        weights[:, k][:, None, None, None] * padded[:, k : k + size[1]]
-        for k in range(2 * pad + 1)
-    )
-    padded = ops.pad(rows, [[0, 0], [0, 0], [pad, pad], [0, 0]], mode="reflect")
-    return sum(
-        weights[:, k][:, None, None, None] * padded[:, :, k : k + size[2]]
-        for k in range(2 * pad + 1)
-    )
+    padded = ops.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
+    side_by_side = ops.reshape(ops.transpose(padded, (1, 2, 0, 3)),
+                               (1, height + 2 * pad, width + 2 * pad, -1))
+    kernel = ops.repeat(ops.transpose(weights), channels, axis=1)  # (taps, images x channels)
+    blurred = ops.depthwise_conv(side_by_side, kernel[:, None, :, None], padding="valid")
+    blurred = ops.depthwise_conv(blurred, kernel[None, :, :, None], padding="valid")
+    return ops.transpose(ops.reshape(blurred, (height, width, -1, channels)), (2, 0, 1, 3))
 
 
 def jpeg_codec(images, quality):

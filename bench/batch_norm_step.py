@@ -19,27 +19,20 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.train_throughput import machine, random_split  # noqa: E402
+from bench.train_step import DEFAULT_ROW, row_overrides, training_speed  # noqa: E402
+from bench.train_throughput import machine  # noqa: E402
 
 SIDES = ("keras", "fused")
-DEFAULT_ROW = "blog+batchnorm+cosine+fullepochs+cutout+gray+jitter+scale0.3+blur"
 
 
 def row_params(row: str, epochs: int, images: int):
     """``row`` of the accuracy study, for ``epochs`` of ``images`` training images."""
-    from agegap.errors import AgegapError
     from agegap.params import params_from_dict
-    from flows.study_plan import load_study, study_path
 
-    try:
-        overrides = load_study(study_path(REPO, "accuracy")).row(row).overrides
-    except AgegapError as error:
-        raise SystemExit(f"error: {error}") from None
+    overrides = row_overrides(row)
     if not overrides.get("batch_norm"):
         raise SystemExit(f"error: studies/accuracy.yaml: row '{row}' has no batch normalisation")
     return params_from_dict(
@@ -48,34 +41,18 @@ def row_params(row: str, epochs: int, images: int):
     )
 
 
-def images_per_second(side: str, params, images: int) -> float:
-    """The median training images/s of epochs 2 onwards, for a fresh model of ``params``
-    whose batch normalisation is the project's (``fused``) or Keras' own (``keras``)."""
+def side_speed(side: str, params, images: int) -> float:
+    """Images/s of ``params`` whose batch normalisation is the project's (``fused``) or
+    Keras' own (``keras``)."""
     import keras
-    import tensorflow as tf
 
     import agegap.model
-    from agegap.runtime import configure
-    from agegap.training import EpochTimer, compiled_model
 
-    configure(params)
-    steps = images // params.batch_size
-    arrays = random_split()
-    # random_split orders its labels by class: pick across both, as a real epoch would.
-    picked = np.random.default_rng(0).permutation(len(arrays["train_y"]))[:images]
-    batches = (
-        tf.data.Dataset.from_tensor_slices((arrays["train_x"][picked], arrays["train_y"][picked]))
-        .batch(params.batch_size).cache().repeat().prefetch(2)
-    )
     layer = agegap.model.FusedBatchNormalization
     if side == "keras":
         layer = keras.layers.BatchNormalization
     with mock.patch.object(agegap.model, "FusedBatchNormalization", layer):
-        model = compiled_model(params, steps)
-    timer = EpochTimer()
-    model.fit(batches, steps_per_epoch=steps, epochs=params.epochs, callbacks=[timer],
-              verbose=0)
-    return statistics.median(steps * params.batch_size / s for s in timer.train_seconds[1:])
+        return training_speed(params, images)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     ratios = []
     for round_ in range(args.rounds):
         order = SIDES if round_ % 2 == 0 else SIDES[::-1]
-        speed = {side: images_per_second(side, params, args.images) for side in order}
+        speed = {side: side_speed(side, params, args.images) for side in order}
         ratios.append(speed["fused"] / speed["keras"])
         print(f"round {round_ + 1}: keras {speed['keras']:.1f} images/s, "
               f"fused {speed['fused']:.1f} images/s, ratio {ratios[-1]:.2f}")

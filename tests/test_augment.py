@@ -29,6 +29,7 @@ import io
 import math
 import zipfile
 from pathlib import Path
+from unittest import mock
 
 import keras
 import numpy as np
@@ -291,6 +292,54 @@ def test_blur_smooths_and_a_zero_sigma_keeps_the_image() -> None:
     np.testing.assert_allclose(out[0], batch[0], atol=1e-3)
     assert out[1].std() < 0.6 * batch[1].std()
     np.testing.assert_allclose(out[1].mean(), batch[1].mean(), rtol=0.02)
+
+
+def test_colour_changes_compose_to_one_after_the_other() -> None:
+    """Brightness, contrast, saturation and grayscale, composed into one colour map per
+    image, give what applying them one after the other with the same draws gives."""
+    batch = np.random.default_rng(13).integers(0, 256, (64, 8, 8, 3)).astype(np.float32)
+    layer = RandomAugmentation(shear_degrees=0, zoom=0, flip=False, brightness=0.3,
+                               contrast=0.3, saturation=0.5, grayscale=0.5, seed=4)
+    draws = []
+    uniform = keras.random.uniform
+
+    def recorded(*args, **kwargs):
+        draws.append(ops.convert_to_numpy(uniform(*args, **kwargs)))
+        return draws[-1]
+
+    with mock.patch.object(keras.random, "uniform", recorded):
+        out = ops.convert_to_numpy(layer(batch, training=True))
+    brightness, contrast, saturation, coin = draws[-4:]
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+
+    def luma(images: np.ndarray) -> np.ndarray:
+        return (images @ weights)[..., None]
+
+    expected = batch * brightness
+    mean = luma(expected).mean(axis=(1, 2, 3), keepdims=True)
+    expected = mean + (expected - mean) * contrast
+    expected = luma(expected) + (expected - luma(expected)) * saturation
+    expected = np.where(coin < 0.5, luma(expected), expected).clip(0, 255)
+    np.testing.assert_allclose(out, expected, atol=2e-3)
+
+
+def test_blur_gives_each_image_its_own_kernel() -> None:
+    """The blur of a batch is each image's separable Gaussian at its own sigma, edges
+    reflected, on images that are not square."""
+    from agegap.augment import BLUR_RADIUS, gaussian_blur
+
+    batch = np.random.default_rng(14).integers(0, 256, (3, 12, 9, 3)).astype(np.float32)
+    sigmas = np.array([0.3, 0.8, 1.5], np.float32)
+    out = ops.convert_to_numpy(gaussian_blur(ops.convert_to_tensor(batch),
+                                             ops.convert_to_tensor(sigmas)))
+    taps = np.arange(-BLUR_RADIUS, BLUR_RADIUS + 1)
+    for image, sigma, blurred in zip(batch, sigmas, out, strict=True):
+        kernel = np.exp(-(taps**2) / (2 * sigma**2 + 1e-6))
+        kernel /= kernel.sum()
+        padded = np.pad(image, [(BLUR_RADIUS,) * 2, (BLUR_RADIUS,) * 2, (0, 0)], mode="reflect")
+        rows = sum(w * padded[k : k + 12] for k, w in enumerate(kernel))
+        expected = sum(w * rows[:, k : k + 9] for k, w in enumerate(kernel))
+        np.testing.assert_allclose(blurred, expected, atol=2e-3)
 
 
 def test_jpeg_is_pils_codec_at_the_drawn_quality() -> None:
