@@ -9,8 +9,9 @@ checkout's ``agegap`` package and once with the revision's (extracted with ``git
 archive`` into a temporary folder), alternating, each in its own process, on random bytes
 of the real images' shape (a step's cost does not depend on the faces), with the run
 settings every training run uses (``configure``, ``compiled_model``). The first epoch
-(tracing) is not timed. Prints images/s per side and round, the per-round ratios and
-their median, and the machine. Figures: docs/performance.md.
+(tracing) is not timed. Prints, per side and round, images/s and the process CPU time
+per image, then the per-round speed-ups on both measures and their medians, and the
+machine. Figures: docs/performance.md.
 """
 
 from __future__ import annotations
