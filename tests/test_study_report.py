@@ -83,9 +83,10 @@ def test_the_markdown_report(tmp_path: Path) -> None:
     assert "commit `abababababab`" in text
     assert "Machines: AMD EPYC, 2 cores, cpu, mixed_bfloat16." in text
     assert "| cpu | identity | blog | 100 | 2 (0, 1) | 85.00 ± 7.07 | 5.00 |  | 0.400 | 86.50 " \
-           "| 50 | 2.50 | 0 | 65.00 | 65.00 (grayscale) |  |  |" in lines
+           "| 50 | 2.50 | 0 | 65.00 | 65.00 (grayscale) | 20.00 (grayscale) |  |  |" in lines
     assert "| cpu | identity | blog+cutout | 100 | 1 (0) | 84.00 |  | +4.00 (1) " \
-           "| 0.400 | 86.00 | 50 | 4.00 | 0 | 80.00 | 80.00 (grayscale) | 88.00 | 90.00 |" in lines
+           "| 0.400 | 86.00 | 50 | 4.00 | 0 | 80.00 | 80.00 (grayscale) | 4.00 (grayscale) " \
+           "| 88.00 | 90.00 |" in lines
     assert '- `blog+cutout`: cutout; `blog` with `{"augment_cutout": 0.4}`' in lines
     assert "- `blog-cutout-identity-s1-d705d81e44`: error: out of memory" in lines
     assert "![test accuracy by row](study_small.png)" in lines
@@ -153,3 +154,18 @@ def test_a_study_under_way_lists_the_runs_it_lacks() -> None:
     assert ("## Not done yet (2)\n\n- `blog-identity-s1-2222222222`\n"
             "- `x-identity-s1-3333333333`") in text
     assert "Not done yet" not in markdown(STUDY, summarise(rows, "blog"), commit="0" * 40)
+
+
+def test_the_largest_gap_is_of_the_probes_means_pooled_under_cross_validation() -> None:
+    """The goals bound each probe's mean gap to clean accuracy; the mean of each run's own
+    worst probe would count two different weaknesses as one."""
+    rows = [record("x", 0, 0.90, probes={"a": 0.80, "b": 0.88}),
+            record("x", 1, 0.90, probes={"a": 0.89, "b": 0.82})]
+    (line,) = summarise(rows, None)
+    assert line["worst_probe"] == pytest.approx(0.81)
+    assert line["largest_gap"][1] == "a" and line["largest_gap"][0] == pytest.approx(0.055)
+    cv = {"folds": 2}
+    folds = [record("x", 0, 0.80, fold=0, n_test=100, probes={"a": 0.70}, **cv),
+             record("x", 0, 0.90, fold=1, n_test=300, probes={"a": 0.90}, **cv)]
+    (pooled,) = summarise(folds, None)
+    assert pooled["largest_gap"] == (pytest.approx(0.875 - 0.85), "a")
