@@ -22,23 +22,23 @@ from unittest import mock
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.train_step import DEFAULT_ROW, row_overrides, training_speed  # noqa: E402
-from bench.train_throughput import machine  # noqa: E402
+from bench.train_step import (  # noqa: E402
+    machine_line,
+    parse_round_options,
+    row_overrides,
+    timed_params,
+    training_speed,
+)
 
 SIDES = ("keras", "fused")
 
 
 def row_params(row: str, epochs: int, images: int):
     """``row`` of the accuracy study, for ``epochs`` of ``images`` training images."""
-    from agegap.params import params_from_dict
-
     overrides = row_overrides(row)
     if not overrides.get("batch_norm"):
         raise SystemExit(f"error: studies/accuracy.yaml: row '{row}' has no batch normalisation")
-    return params_from_dict(
-        {**overrides, "epochs": epochs, "train_images_per_epoch": images},
-        source="studies/accuracy.yaml",
-    )
+    return timed_params(overrides, epochs, images)
 
 
 def side_speed(side: str, params, images: int) -> float:
@@ -57,17 +57,9 @@ def side_speed(side: str, params, images: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--row", default=DEFAULT_ROW,
-                        help="a batch-normalised row of studies/accuracy.yaml")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3,
-                        help="per side and round, the first not timed")
-    parser.add_argument("--images", type=int, default=800, help="training images per epoch")
-    args = parser.parse_args(argv)
-    if args.epochs < 2:
-        parser.error("--epochs: at least 2 (the first epoch traces and is not timed)")
+    args = parse_round_options(parser, argv, "a batch-normalised row of studies/accuracy.yaml")
     params = row_params(args.row, args.epochs, args.images)
-    print("machine: " + "; ".join(f"{key}: {value}" for key, value in machine().items()))
+    print(machine_line())
     print(f"row: {args.row}; batch {params.batch_size}; {args.images} images per epoch; "
           f"median of epochs 2 to {args.epochs}")
     ratios = []

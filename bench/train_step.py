@@ -42,6 +42,16 @@ def row_overrides(row: str) -> dict:
         raise SystemExit(f"error: {error}") from None
 
 
+def timed_params(overrides: dict, epochs: int, images: int):
+    """A row's params for ``epochs`` of ``images`` training images."""
+    from agegap.params import params_from_dict
+
+    return params_from_dict(
+        {**overrides, "epochs": epochs, "train_images_per_epoch": images},
+        source="studies/accuracy.yaml",
+    )
+
+
 def training_speed(params, images: int) -> tuple[float, float]:
     """The median training images/s of epochs 2 onwards and their median process CPU time
     per image in ms (all threads: it counts work, not waiting, so other load and a
@@ -73,15 +83,32 @@ def training_speed(params, images: int) -> tuple[float, float]:
             statistics.median(1000 * s / trained for s in cpu.train_seconds[1:]))
 
 
+def parse_round_options(parser: argparse.ArgumentParser, argv: list[str] | None,
+                        row_help: str) -> argparse.Namespace:
+    """``parser``'s arguments plus the options every side-by-side step benchmark takes:
+    the row, rounds, epochs (at least 2: the first traces and is not timed) and images."""
+    parser.add_argument("--row", default=DEFAULT_ROW, help=row_help)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="per side and round, the first not timed")
+    parser.add_argument("--images", type=int, default=800, help="training images per epoch")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs: at least 2 (the first epoch traces and is not timed)")
+    return args
+
+
+def machine_line() -> str:
+    """The machine a benchmark ran on, in one line."""
+    from bench.train_throughput import machine
+
+    return "machine: " + "; ".join(f"{key}: {value}" for key, value in machine().items())
+
+
 def child(code_root: str, overrides: str, epochs: int, images: int) -> None:
     """One side: ``agegap`` imported from ``code_root``, the rest of the bench from here."""
     sys.path[:0] = [code_root, str(REPO)]
-    from agegap.params import params_from_dict
-
-    params = params_from_dict(
-        {**json.loads(overrides), "epochs": epochs, "train_images_per_epoch": images},
-        source="studies/accuracy.yaml",
-    )
+    params = timed_params(json.loads(overrides), epochs, images)
     print("RESULT {} {}".format(*training_speed(params, images)))
 
 
@@ -116,18 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", required=True, metavar="REVISION",
                         help="a git revision whose agegap package is the other side")
-    parser.add_argument("--row", default=DEFAULT_ROW, help="a row of studies/accuracy.yaml")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3,
-                        help="per side and round, the first not timed")
-    parser.add_argument("--images", type=int, default=800, help="training images per epoch")
-    args = parser.parse_args(argv)
-    if args.epochs < 2:
-        parser.error("--epochs: at least 2 (the first epoch traces and is not timed)")
+    args = parse_round_options(parser, argv, "a row of studies/accuracy.yaml")
     overrides = row_overrides(args.row)
-    from bench.train_throughput import machine
-
-    print("machine: " + "; ".join(f"{key}: {value}" for key, value in machine().items()))
+    print(machine_line())
     print(f"row: {args.row}; this checkout against {args.against}; {args.images} images "
           f"per epoch; median of epochs 2 to {args.epochs}")
     ratios: dict[str, list[float]] = {"images/s": [], "CPU time per image": []}
