@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(1, str(REPO))  # after the script's folder; a side's own agegap goes first
 DEFAULT_ROW = "blog+batchnorm+cosine+fullepochs+cutout+gray+jitter+scale0.3+blur"
 
 
 def row_overrides(row: str) -> dict:
     """The parameters ``row`` of the accuracy study sets, from this checkout's study."""
-    sys.path.insert(0, str(REPO))
     from agegap.errors import AgegapError
     from flows.study_plan import load_study, study_path
 
@@ -107,7 +107,7 @@ def machine_line() -> str:
 
 def child(code_root: str, overrides: str, epochs: int, images: int) -> None:
     """One side: ``agegap`` imported from ``code_root``, the rest of the bench from here."""
-    sys.path[:0] = [code_root, str(REPO)]
+    sys.path.insert(0, code_root)
     params = timed_params(json.loads(overrides), epochs, images)
     print("RESULT {} {}".format(*training_speed(params, images)))
 
