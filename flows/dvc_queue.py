@@ -62,20 +62,24 @@ def run_queue(
     """
     for line in start_queue(root, jobs):
         log(line)
-    started = time.monotonic()
-    deadline = started + timeout_s
+    deadline = time.monotonic() + timeout_s
+    # When the queue last had a worker or nothing waiting; a worker takes seconds to
+    # report in, and one busy training may miss a status call: only a lasting absence
+    # counts.
+    healthy_at = time.monotonic()
     last: dict[str, str] = {}
     mine = dict.fromkeys(names, "Queued")
     try:
         while True:
             states, workers = queue_status(root)
             mine = {name: states.get(name, "Unknown") for name in names}
-            # A worker takes seconds to report in: only a lasting absence counts.
-            if workers == 0 and "Queued" in mine.values() and time.monotonic() - started > 30:
+            if workers or "Queued" not in mine.values():
+                healthy_at = time.monotonic()
+            elif time.monotonic() - healthy_at > 30:
                 log("no DVC queue worker is left for the queued experiments: starting again")
                 for line in start_queue(root, jobs):
                     log(line)
-                started = time.monotonic()
+                healthy_at = time.monotonic()
             if mine != last:
                 counts = {s: list(mine.values()).count(s) for s in sorted(set(mine.values()))}
                 log("queue: " + ", ".join(f"{n} {s}" for s, n in counts.items()))

@@ -78,6 +78,25 @@ def test_a_queue_left_without_workers_is_started_again(scripted: ScriptedQueue) 
     assert log.count("no DVC queue worker is left for the queued experiments: starting again") == 1
 
 
+def test_a_worker_missing_from_one_status_call_is_not_restarted(scripted: ScriptedQueue) -> None:
+    scripted.answers = iter([
+        ({"a": "Running", "b": "Queued"}, 1),
+        ({"a": "Running", "b": "Queued"}, 1),
+        ({"a": "Running", "b": "Queued"}, 1),
+        ({"a": "Running", "b": "Queued"}, 1),
+        ({"a": "Running", "b": "Queued"}, 0),  # a busy worker missed the status call
+        ({"a": "Running", "b": "Queued"}, 0),
+        ({"a": "Success", "b": "Running"}, 1),
+        ({"a": "Success", "b": "Success"}, 1),
+    ])
+    log: list[str] = []
+    assert dvc_queue.run_queue(Path("."), ["a", "b"], 1, 3600.0, log.append) == {
+        "a": "Success", "b": "Success"
+    }
+    assert scripted.starts == 1
+    assert not any("starting again" in line for line in log)
+
+
 def test_past_the_deadline_the_study_stops_its_runs(
     scripted: ScriptedQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
