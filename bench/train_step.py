@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -113,11 +114,17 @@ def child(code_root: str, overrides: str, epochs: int, images: int) -> None:
 
 
 def side_speed(code_root: Path, overrides: dict, epochs: int, images: int) -> tuple[float, float]:
-    """Images/s and CPU-ms per image of the side whose ``agegap`` is in ``code_root``."""
+    """Images/s and CPU-ms per image of the side whose ``agegap`` is in ``code_root``, with
+    the environment that side's own ``agegap`` sets (the user's settings win)."""
+    from agegap import USER_ONEDNN_SETTING
+
+    env = dict(os.environ)
+    if USER_ONEDNN_SETTING is None:
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     done = subprocess.run(
         [sys.executable, __file__, "--child", str(code_root), json.dumps(overrides),
          str(epochs), str(images)],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env=env,
     )
     results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not results:

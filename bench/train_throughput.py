@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +270,8 @@ def _timed(timer: Any, cpu: Any, images: int) -> dict[str, float]:
 
 
 def child_blog(data: Path, batch_size: int, epochs: int, images: int) -> dict[str, Any]:
-    """The blog's Keras 2 loop, as written in 2017 (``fit`` replaces ``fit_generator``)."""
+    """The blog's Keras 2 loop, as written in 2017 (``fit`` replaces ``fit_generator``), with
+    TensorFlow's own oneDNN setting for this CPU, as the blog's script runs (``blog_onednn``)."""
     import tensorflow as tf
     import tf_keras
     from tf_keras import layers
@@ -366,9 +368,44 @@ def _ms_per_image(seconds: list[float], images_per_epoch: int) -> float:
 # ------------------------------------------------------------------------ parent
 
 
+@cache
+def tensorflow_onednn_default() -> bool:
+    """Whether TensorFlow left to itself runs oneDNN's kernels on this CPU: it does so only
+    on CPUs with VNNI, bfloat16 or AMX. Asked of a fresh process without agegap's setting."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "from tensorflow.python.util import _pywrap_util_port as port; "
+         "print(port.IsMklEnabled())"],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    return probe.stdout.strip().endswith("True")
+
+
+def blog_onednn() -> str:
+    """``TF_ENABLE_ONEDNN_OPTS`` for the blog's loop: the user's if set, else TensorFlow's
+    default, which agegap's import would otherwise override in the child."""
+    from agegap import USER_ONEDNN_SETTING
+
+    if USER_ONEDNN_SETTING is not None:
+        return USER_ONEDNN_SETTING
+    return "1" if tensorflow_onednn_default() else "0"
+
+
+def onednn_sides() -> str:
+    """Which sides run on oneDNN's kernels, in words."""
+    from agegap import USER_ONEDNN_SETTING
+
+    default = "on" if tensorflow_onednn_default() else "off"
+    if USER_ONEDNN_SETTING is not None:
+        return (f"TF_ENABLE_ONEDNN_OPTS={USER_ONEDNN_SETTING} on every side "
+                f"(TensorFlow's default: {default})")
+    return f"on for the project (agegap's default), {default} for the blog loop (TensorFlow's)"
+
+
 def machine() -> dict[str, str]:
-    """CPU model, cores, the features that decide its kernels, oneDNN's cap, Keras backend
-    and GPU name (if ``nvidia-smi`` sees one)."""
+    """CPU model, cores, the features that decide its kernels, oneDNN's cap and which sides
+    use it, Keras backend and GPU name (if ``nvidia-smi`` sees one)."""
     gpu = "none"
     if shutil.which("nvidia-smi"):
         query = subprocess.run(
@@ -381,6 +418,7 @@ def machine() -> dict[str, str]:
         "features": " ".join(native_features()) or "none of avx2, avx512f, amx",
         "native bfloat16": bfloat16_unit() or "none",
         "ONEDNN_MAX_CPU_ISA": onednn_isa_cap() or "not set",
+        "oneDNN": onednn_sides(),
         "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "gpu": gpu,
         "python": platform.python_version(),
@@ -481,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    blog_env = {**env, "TF_ENABLE_ONEDNN_OPTS": blog_onednn()}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="agegap-bench-") as tmp:
         work = Path(tmp)
@@ -507,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
                     child_args = ["--child", side, "--batch-size", str(batch), *common]
                     if not augment:
                         child_args.append("--no-augment")
-                    result = run_child(child_args, env, work)
+                    result = run_child(child_args, blog_env if side == "blog" else env, work)
                     row = {"round": round_index + 1, "side": side, "batch": batch,
                            "augment": augment and side not in ("bare", "matmul"), **result}
                     rows.append(row)

@@ -3,4 +3,4 @@
 Each holds a plain function named after the stage, which the tests call, and a ``main()``.
 """
 
-import agegap  # noqa: F401  - sets TensorFlow's log level before any stage imports Keras
+import agegap  # noqa: F401  - sets TensorFlow's log level and oneDNN before any stage imports Keras

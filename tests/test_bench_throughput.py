@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import agegap
 from agegap.model import build_model
 from agegap.params import Params
 from tests.conftest import REPO
@@ -78,3 +79,15 @@ def test_a_short_run_measures_every_side() -> None:
                  "FLOPs per training image, counted from the model: 0.676 GFLOP",
                  "hardware ceiling:", "| (d) project, default recipe | 16 | on |"):
         assert line in result.stdout
+
+
+def test_the_blog_loop_keeps_tensorflows_own_onednn_setting(monkeypatch) -> None:
+    """agegap's import turns oneDNN on in every child; the blog's loop gets back the value
+    the blog's script would run with: the user's, else TensorFlow's default for the CPU."""
+    bench = load_bench()
+    monkeypatch.setattr(agegap, "USER_ONEDNN_SETTING", "0")
+    assert bench.blog_onednn() == "0"
+    assert bench.onednn_sides().startswith("TF_ENABLE_ONEDNN_OPTS=0 on every side")
+    monkeypatch.setattr(agegap, "USER_ONEDNN_SETTING", None)
+    assert bench.blog_onednn() == ("1" if bench.tensorflow_onednn_default() else "0")
+    assert bench.onednn_sides().startswith("on for the project (agegap's default)")
