@@ -674,7 +674,7 @@ def test_console_script_stderr_has_only_our_lines(tmp_path: Path, tiny_model: Pa
         [script, "predict", tmp_path / "face.png", tmp_path / "gone.png", "--model", tiny_model],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a loaded CI machine can take minutes to start TensorFlow
         env=env,
     )
     assert result.returncode == 1
