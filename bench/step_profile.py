@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import statistics
 import sys
@@ -27,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_throughput import (
     DEFAULT_ARCHIVE,
-    REPO,
     SIDE_NAMES,
+    child_env,
     machine,
     random_split,
     real_split,
@@ -295,9 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--images-per-epoch must hold at least one batch")
 
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine().items()))
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env = child_env()
     use_real = args.data == "real" or (args.data == "auto" and args.archive.is_file())
     if args.data == "real" and not args.archive.is_file():
         raise SystemExit(f"{args.archive}: no such archive")

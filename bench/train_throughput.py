@@ -425,6 +425,14 @@ def machine() -> dict[str, str]:
     }
 
 
+def child_env() -> dict[str, str]:
+    """The environment of every child: this one, quiet TensorFlow, this checkout first."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def run_child(args: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
     """Run one child; return its result and its peak RSS from ``os.wait4``'s ``ru_maxrss``.
 
@@ -516,9 +524,7 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batch_sizes
         for augment in ((True, False) if args.augment == "both" else (args.augment == "on",))
     ]
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env = child_env()
     blog_env = {**env, "TF_ENABLE_ONEDNN_OPTS": blog_onednn()}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="agegap-bench-") as tmp:
