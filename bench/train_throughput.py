@@ -368,17 +368,18 @@ def _ms_per_image(seconds: list[float], images_per_epoch: int) -> float:
 # ------------------------------------------------------------------------ parent
 
 
+# A child's question to TensorFlow: does it run oneDNN's kernels? It prints True or False.
+ONEDNN_QUESTION = ("from tensorflow.python.util import _pywrap_util_port as port; "
+                   "print(port.IsMklEnabled())")
+
+
 @cache
 def tensorflow_onednn_default() -> bool:
     """Whether TensorFlow left to itself runs oneDNN's kernels on this CPU: it does so only
     on CPUs with VNNI, bfloat16 or AMX. Asked of a fresh process without agegap's setting."""
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    probe = subprocess.run(
-        [sys.executable, "-c",
-         "from tensorflow.python.util import _pywrap_util_port as port; "
-         "print(port.IsMklEnabled())"],
-        env=env, capture_output=True, text=True, check=False,
-    )
+    probe = subprocess.run([sys.executable, "-c", ONEDNN_QUESTION], env=env,
+                           capture_output=True, text=True, check=False)
     return probe.stdout.strip().endswith("True")
 
 

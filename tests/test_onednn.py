@@ -8,12 +8,10 @@ import os
 import subprocess
 import sys
 
+from bench.train_throughput import ONEDNN_QUESTION
 from tests.conftest import REPO
 
-ASK_TENSORFLOW = (
-    "import agegap, tensorflow; from tensorflow.python.util import _pywrap_util_port as port; "
-    "print(port.IsMklEnabled())"
-)
+ASK_TENSORFLOW = f"import agegap; {ONEDNN_QUESTION}"
 
 
 def onednn_after_importing_agegap(user_setting: str | None) -> str:
