@@ -58,7 +58,9 @@ def run_queue(
     ``on_success`` is called with the experiments that succeeded since the last look,
     as they do, so a long study can keep its results before it ends. Should no worker
     be left while experiments of ours wait (one stopped by another tool, or crashed),
-    the workers are started again.
+    the workers are started again; not while ours fill every worker's place, since
+    a worker busy training misses status calls for minutes and a second one would
+    train beside it.
     """
     for line in start_queue(root, jobs):
         log(line)
@@ -73,7 +75,8 @@ def run_queue(
         while True:
             states, workers = queue_status(root)
             mine = {name: states.get(name, "Unknown") for name in names}
-            if workers or "Queued" not in mine.values():
+            running = list(mine.values()).count("Running")
+            if workers or "Queued" not in mine.values() or running >= jobs:
                 healthy_at = time.monotonic()
             elif time.monotonic() - healthy_at > 30:
                 log("no DVC queue worker is left for the queued experiments: starting again")

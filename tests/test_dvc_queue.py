@@ -97,6 +97,22 @@ def test_a_worker_missing_from_one_status_call_is_not_restarted(scripted: Script
     assert not any("starting again" in line for line in log)
 
 
+def test_busy_workers_missing_for_minutes_are_not_restarted(scripted: ScriptedQueue) -> None:
+    # One worker (jobs 1) training: under full load it misses every status call
+    # until its run ends, and the queued run waits for it, not for a second worker.
+    scripted.answers = iter(
+        [({"a": "Running", "b": "Queued"}, 1)]
+        + [({"a": "Running", "b": "Queued"}, 0)] * 30
+        + [({"a": "Success", "b": "Running"}, 1), ({"a": "Success", "b": "Success"}, 1)]
+    )
+    log: list[str] = []
+    assert dvc_queue.run_queue(Path("."), ["a", "b"], 1, 3600.0, log.append) == {
+        "a": "Success", "b": "Success"
+    }
+    assert scripted.starts == 1
+    assert not any("starting again" in line for line in log)
+
+
 def test_past_the_deadline_the_study_stops_its_runs(
     scripted: ScriptedQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
