@@ -9,13 +9,13 @@ import os
 # cuInit") would fill every stage's log; real errors still raise in Python.
 # Set before anything imports TensorFlow; a user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+USER_ONEDNN_SETTING = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+"""The user's own ``TF_ENABLE_ONEDNN_OPTS`` (None: unset, so agegap turned oneDNN on):
+the benchmarks give the blog's code TensorFlow's default back unless the user chose."""
 # TensorFlow runs its convolutions on oneDNN's kernels only on CPUs it deems made for
 # neural networks (AVX512_VNNI, bfloat16 or AMX); elsewhere (AVX2, AVX-512 without VNNI)
 # it falls back to Eigen's, which train this network far slower (docs/performance.md).
 # Read once, when TensorFlow loads: so it is set here, before anything imports it.
-USER_ONEDNN_SETTING = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
-"""The user's own ``TF_ENABLE_ONEDNN_OPTS`` (None: unset, so agegap turned oneDNN on):
-the benchmarks give the blog's code TensorFlow's default back unless the user chose."""
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 CLASS_NAMES: tuple[str, str] = ("old", "young")

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,12 +19,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # A decompression bomb (a tiny file that claims a giant canvas) must be refused, not decoded.
 MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow errs above twice the limit and only warns below; _open_within_limit refuses both,
+# so its warning would be a second line saying less than the refusal does.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # Threads that decode (and search for faces) at once: Pillow and OpenCV release the GIL.
 DECODE_THREADS = min(8, (os.cpu_count() or 1) * 2)
 
 
 class UndecodableImageError(ValueError):
     """The file is not an image Pillow can fully decode; the message says why."""
+
+
+class _TooManyPixelsError(Exception):
+    """The header claims more than :data:`MAX_PIXELS`; raised before any pixel is decoded."""
 
 
 @contextmanager
@@ -36,12 +44,10 @@ def _decoding(path: Path) -> Iterator[None]:
     if path.stat().st_size == 0:
         raise UndecodableImageError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
+        yield
     except UnidentifiedImageError:
         raise UndecodableImageError("not an image Pillow recognises") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, _TooManyPixelsError):
         raise UndecodableImageError(
             f"image too large (over {MAX_PIXELS:,} pixels; possible decompression bomb)"
         ) from None
@@ -50,13 +56,27 @@ def _decoding(path: Path) -> Iterator[None]:
         raise UndecodableImageError(f"cannot decode: {message}") from None
 
 
+def _open_within_limit(source: Path | BinaryIO) -> Image.Image:
+    """``Image.open``, refusing a canvas over :data:`MAX_PIXELS` from its header alone.
+
+    Not by turning Pillow's warning into an error: a warnings filter is process-wide, and
+    code in another thread (Keras predicting beside the decoding threads) that leaves its
+    own ``catch_warnings`` scope puts back the filters it found, dropping ours.
+    """
+    image = Image.open(source)
+    if image.width * image.height > MAX_PIXELS:
+        image.close()
+        raise _TooManyPixelsError
+    return image
+
+
 def inspect_image(path: Path) -> tuple[int, int, str]:
     """Width, height and mode of a fully decoded image; raises :class:`UndecodableImageError`.
 
     ``Image.open`` reads only the header, so a truncated PNG passes it; ``load()``
     decodes every pixel and is what catches truncation.
     """
-    with _decoding(path), Image.open(path) as image:
+    with _decoding(path), _open_within_limit(path) as image:
         image.load()
         return image.width, image.height, image.mode
 
@@ -73,7 +93,7 @@ def decode_rgb(path: Path, *, exif_transpose: bool = True) -> Image.Image:
         handle = path.open("rb")
     except OSError as error:  # unreadable, a folder, gone since it was listed
         raise UndecodableImageError(f"cannot read: {error.strerror or error}") from None
-    with handle, _decoding(path), Image.open(handle) as image:
+    with handle, _decoding(path), _open_within_limit(handle) as image:
         image.load()
         upright = ImageOps.exif_transpose(image) if exif_transpose else image
         return to_rgb(upright)

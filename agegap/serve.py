@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,7 +18,6 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -131,9 +129,6 @@ def _read_page() -> str:
 def create_app(model: Any, model_path: Path, settings: ServeSettings | None = None) -> FastAPI:
     """The ASGI app serving ``model`` (already loaded), for uvicorn or any ASGI server."""
     settings = settings or ServeSettings()
-    # Pillow warns on images between MAX_PIXELS and twice that; made an error process-wide,
-    # since the per-call warnings filter of agegap.images is not thread-safe.
-    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     size = input_size(model)
     identity = model_identity(model_path)
     page = _read_page()

@@ -15,6 +15,8 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from agegap.cli import build_parser, main
 from agegap.faces import Box, detect_faces, head_box
-from agegap.images import decode_rgb
+from agegap.images import UndecodableImageError, decode_rgb
 from agegap.predict import FACE_DETECTED, FACE_NONE, FACE_NOT_SEARCHED
 
 MODEL_SIZE = 32
@@ -429,6 +431,42 @@ def test_annotate_draws_boxes_and_labels(
 
 
 # --- bad input ------------------------------------------------------------------------
+
+
+def test_a_bomb_pillow_only_warns_about_is_refused_whatever_other_threads_do(
+    tmp_path: Path,
+) -> None:
+    """Between the pixel limit and twice it Pillow only warns, and warnings filters are
+    process-wide: other code (Keras predicting beside the decoding threads, for one) that
+    leaves its own ``warnings.catch_warnings`` scope puts back the filters it found, and
+    the refusal must not hang on them."""
+    bomb = tmp_path / "bomb_warning_size.png"
+    bomb.write_bytes(header_only_png(8_000, 8_000))
+    done = threading.Event()
+
+    def other_code_with_its_own_warnings_scope() -> None:
+        while not done.is_set():
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+
+    def refusal() -> str:
+        try:
+            decode_rgb(bomb)
+        except UndecodableImageError as error:
+            return str(error)
+        return "decoded"
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave every few bytecodes, as under load
+    neighbour = threading.Thread(target=other_code_with_its_own_warnings_scope)
+    neighbour.start()
+    try:
+        refusals = [refusal() for _ in range(300)]
+    finally:
+        done.set()
+        neighbour.join()
+        sys.setswitchinterval(switch_interval)
+    assert all("decompression bomb" in text for text in refusals), set(refusals)
 
 
 @pytest.mark.slow
