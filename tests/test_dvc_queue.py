@@ -79,6 +79,8 @@ def test_a_queue_left_without_workers_is_started_again(scripted: ScriptedQueue) 
 
 
 def test_a_worker_missing_from_one_status_call_is_not_restarted(scripted: ScriptedQueue) -> None:
+    # Two worker places and one run training: only the 30-second window keeps the
+    # queue from being started again.
     scripted.answers = iter([
         ({"a": "Running", "b": "Queued"}, 1),
         ({"a": "Running", "b": "Queued"}, 1),
@@ -90,7 +92,7 @@ def test_a_worker_missing_from_one_status_call_is_not_restarted(scripted: Script
         ({"a": "Success", "b": "Success"}, 1),
     ])
     log: list[str] = []
-    assert dvc_queue.run_queue(Path("."), ["a", "b"], 1, 3600.0, log.append) == {
+    assert dvc_queue.run_queue(Path("."), ["a", "b"], 2, 3600.0, log.append) == {
         "a": "Success", "b": "Success"
     }
     assert scripted.starts == 1
