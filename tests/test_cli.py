@@ -433,6 +433,7 @@ def test_annotate_draws_boxes_and_labels(
 # --- bad input ------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_a_bomb_pillow_only_warns_about_is_refused_whatever_other_threads_do(
     tmp_path: Path,
 ) -> None:
