@@ -181,7 +181,7 @@ def write_report(
     report = folder / f"{chosen.name}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     text = markdown(chosen, summary, rows=rows, commit=head_commit(root), failures=failures,
-                    missing=missing, chart=chart.name if chart else None)
+                    missing=missing, chart=chart.name if chart else None, records=records)
     report.write_text(text, encoding="utf-8")
     table = [{k: v for k, v in line.items() if not isinstance(v, list)} for line in summary]
     create_table_artifact(table=table, key=TABLE_KEY, description=f"study {chosen.name}")

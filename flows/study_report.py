@@ -20,6 +20,8 @@ from flows.study_plan import PlannedRun, Row, Study, identity_of
 
 PARAMS_FILE = "params.yaml"
 _GROUP = ("row", "strategy", "epochs", "device", "folds")
+BLACK_AND_WHITE = "grayscale"
+"""The probe with a goal of its own (within 2 points of clean, not 3): reported first."""
 
 
 def experiments_of(exp_show: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -140,7 +142,7 @@ def summarise(records: list[dict[str, Any]], baseline: str | None) -> list[dict[
         # One run has no spread to show: a blank, not a zero that reads as a measurement.
         std = statistics.stdev(accuracies) if len(accuracies) > 1 else None
         probed = [m for m in members if m["probes"]]
-        gray = [m["probes"]["grayscale"] for m in probed if "grayscale" in m["probes"]]
+        gray = [m["probes"][BLACK_AND_WHITE] for m in probed if BLACK_AND_WHITE in m["probes"]]
         speeds = [m["seconds_per_epoch"] for m in members if m["seconds_per_epoch"] is not None]
         line.update(
             runs=len(members),
@@ -208,10 +210,11 @@ def markdown(
     failures: Mapping[str, str] | None = None,
     missing: list[str] | None = None,
     chart: str | None = None,
+    records: list[dict[str, Any]] | None = None,
 ) -> str:
     """The report: one table line per summary line, the overrides of ``rows`` (those in
-    the summary when None), the failed runs with their reasons, and the runs not made
-    yet (a report of a study under way)."""
+    the summary when None), every run of ``records`` with its probes, the failed runs
+    with their reasons, and the runs not made yet (a report of a study under way)."""
     machines = sorted({m for s in summary for m in s["machines"]}) or ["not recorded"]
     references = {row.name: row.reference for row in study.rows if row.reference}
     lines = [
@@ -264,6 +267,8 @@ def markdown(
     lines += ["", f"Rows (the params.yaml keys each run sets; studies/{study.name}.yaml):", ""]
     shown = set(rows) if rows is not None else {s["row"] for s in summary}
     lines += _row_lines(study, [row for row in study.rows if row.name in shown])
+    if records:
+        lines += ["", "## Every run", "", *run_lines(records)]
     if failures:
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{name}`: {why}" for name, why in failures.items()]
@@ -273,6 +278,30 @@ def markdown(
     if chart:
         lines += ["", f"![test accuracy by row]({chart})"]
     return "\n".join(lines) + "\n"
+
+
+def run_lines(records: list[dict[str, Any]]) -> list[str]:
+    """One table line per run, with each probe: a mean can meet a goal that single runs
+    miss, and pairing two recipes split by split needs the runs themselves. Black and
+    white first, the other probes by name (``exp show`` sorts a metric's keys)."""
+    probes = sorted({name for r in records for name in r["probes"]},
+                    key=lambda name: (name != BLACK_AND_WHITE, name))
+    head = ["row", "split", "seed", "fold", "epochs", "clean", *probes,
+            "worst probe", "gap", "test loss", "experiment"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        worst = min(r["probes"].values()) if r["probes"] else None
+        cells = [
+            r["row"], str(r["strategy"] or "params.yaml"), str(r["seed"]),
+            "" if r["fold"] is None else str(r["fold"]), str(r["epochs"]),
+            _number(r["test_accuracy"], 100, 2),
+            *(_number(r["probes"].get(name), 100, 1) for name in probes),
+            r["worst_probe"] or "",
+            "" if worst is None else _number(r["test_accuracy"] - worst, 100, 1),
+            _number(r["test_loss"], 1, 3), f"`{r['rev'][:7]}`",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _row_lines(study: Study, rows: list[Row]) -> list[str]:

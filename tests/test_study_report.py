@@ -76,7 +76,7 @@ def test_the_markdown_report(tmp_path: Path) -> None:
     summary = summarise(records(), STUDY.baseline)
     chart = write_chart(STUDY, summary, tmp_path / "study_small.png")
     assert chart.stat().st_size > 0
-    text = markdown(STUDY, summary, commit="ab" * 20, chart=chart.name,
+    text = markdown(STUDY, summary, commit="ab" * 20, chart=chart.name, records=records(),
                     failures={"blog-cutout-identity-s1-d705d81e44": "error: out of memory"})
     lines = text.splitlines()
     assert lines[0] == "# Study `study_small`"
@@ -89,6 +89,17 @@ def test_the_markdown_report(tmp_path: Path) -> None:
            "| 88.00 | 90.00 |" in lines
     assert '- `blog+cutout`: cutout; `blog` with `{"augment_cutout": 0.4}`' in lines
     assert "- `blog-cutout-identity-s1-d705d81e44`: error: out of memory" in lines
+    every_run = lines[lines.index("## Every run") + 2:]
+    assert every_run[0] == "| row | split | seed | fold | epochs | clean | grayscale | blur " \
+                           "| worst probe | gap | test loss | experiment |"
+    assert every_run[2:5] == [
+        "| blog | identity | 0 |  | 100 | 80.00 | 60.0 | 78.0 | grayscale | 20.0 | 0.400 "
+        "| `0101010` |",
+        "| blog | identity | 1 |  | 100 | 90.00 | 70.0 | 86.0 | grayscale | 20.0 | 0.400 "
+        "| `0202020` |",
+        "| blog+cutout | identity | 0 |  | 100 | 84.00 | 80.0 | 82.0 | grayscale | 4.0 | 0.400 "
+        "| `0404040` |",
+    ]
     assert "![test accuracy by row](study_small.png)" in lines
 
 
@@ -141,8 +152,10 @@ def test_cross_validation_pools_the_folds_and_pairs_fold_by_fold() -> None:
     assert summary[("blog", 2)]["mean"] == pytest.approx((80 + 270) / 400)  # every image once
     assert summary[("x", 2)]["paired_gain"] == pytest.approx(0.025)
     assert summary[("x", None)]["runs"] == 1
-    text = markdown(STUDY, summarise(rows, "blog"), commit="0" * 40)
+    text = markdown(STUDY, summarise(rows, "blog"), commit="0" * 40,
+                    records=[{**r, "rev": f"{i}" * 40} for i, r in enumerate(rows)])
     assert "| 2 (0; 2-fold, pooled) | 87.50 ± 7.07 | 5.00 |" in text
+    assert "| x | identity | 0 | 1 | 100 | 90.00 |  |  | 0.400 | `3333333` |" in text
 
 
 def test_a_study_under_way_lists_the_runs_it_lacks() -> None:
