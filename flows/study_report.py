@@ -243,7 +243,7 @@ def markdown(
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         cells = [
-            str(s["device"]), str(s["strategy"] or "params.yaml"), s["row"], str(s["epochs"]),
+            str(s["device"]), _split_label(s), s["row"], str(s["epochs"]),
             f"{s['runs']} ({', '.join(map(str, s['seeds']))}"
             + (f"; {s['folds']}-fold, pooled)" if s["folds"] else ")"),
             f"{100 * s['mean']:.2f}" + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else ""),
@@ -292,15 +292,20 @@ def run_lines(records: list[dict[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         cells = [
-            r["row"], str(r["strategy"] or "params.yaml"), str(r["seed"]),
+            r["row"], _split_label(r), str(r["seed"]),
             "" if r["fold"] is None else str(r["fold"]), str(r["epochs"]),
             _number(r["test_accuracy"], 100, 2),
             *(_number(r["probes"].get(name), 100, 1) for name in probes),
-            r["worst_probe"] or "", _number(r.get("gap"), 100, 1),
+            r["worst_probe"] or "", _number(r["gap"], 100, 1),
             _number(r["test_loss"], 1, 3), f"`{r['rev'][:7]}`",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _split_label(line: Mapping[str, Any]) -> str:
+    """A run's split strategy, or where it came from when the row left it to params.yaml."""
+    return str(line["strategy"] or PARAMS_FILE)
 
 
 def _row_lines(study: Study, rows: list[Row]) -> list[str]:

@@ -118,7 +118,7 @@ def test_without_a_baseline_the_rows_shared_keys_are_listed_once() -> None:
 def record(row: str, seed: int, accuracy: float, **extra) -> dict:
     base = {"row": row, "strategy": "identity", "seed": seed, "fold": None, "folds": None,
             "epochs": 100, "device": "cpu", "machine": "", "test_accuracy": accuracy,
-            "test_loss": 0.4, "n_test": 200, "probes": {}, "worst_probe": None,
+            "test_loss": 0.4, "n_test": 200, "probes": {}, "worst_probe": None, "gap": None,
             "best_val_accuracy": 0.9, "best_epoch": 50, "seconds_per_epoch": 1.0}
     return {**base, **extra}
 
