@@ -30,10 +30,6 @@ class UndecodableImageError(ValueError):
     """The file is not an image Pillow can fully decode; the message says why."""
 
 
-class _TooManyPixelsError(Exception):
-    """The header claims more than :data:`MAX_PIXELS`; raised before any pixel is decoded."""
-
-
 @contextmanager
 def _decoding(path: Path) -> Iterator[None]:
     """Map every way Pillow fails on a bad file to one :class:`UndecodableImageError`.
@@ -47,7 +43,7 @@ def _decoding(path: Path) -> Iterator[None]:
         yield
     except UnidentifiedImageError:
         raise UndecodableImageError("not an image Pillow recognises") from None
-    except (Image.DecompressionBombError, _TooManyPixelsError):
+    except Image.DecompressionBombError:
         raise UndecodableImageError(
             f"image too large (over {MAX_PIXELS:,} pixels; possible decompression bomb)"
         ) from None
@@ -66,7 +62,7 @@ def _open_within_limit(source: Path | BinaryIO) -> Image.Image:
     image = Image.open(source)
     if image.width * image.height > MAX_PIXELS:
         image.close()
-        raise _TooManyPixelsError
+        raise Image.DecompressionBombError(f"{image.width * image.height} pixels")
     return image
 
 

@@ -39,6 +39,16 @@ FAST_PARAMS: dict[str, Any] = {
     # at chance. Pinned, so these tests do not depend on the default; tests/test_levers.py
     # covers batch norm.
     "batch_norm": False,
+    # The robustness augmentations and the cosine schedule are on by default; pinned off
+    # like batch norm, so these tests train what they trained before the default changed.
+    # Their own tests are tests/test_augment.py and tests/test_levers.py.
+    "lr_schedule": "constant",
+    "augment_scale": 0.0,
+    "augment_grayscale": 0.0,
+    "augment_brightness": 0.0,
+    "augment_contrast": 0.0,
+    "augment_saturation": 0.0,
+    "augment_blur": 0.0,
 }
 
 

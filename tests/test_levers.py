@@ -120,7 +120,8 @@ def test_the_saved_model_is_the_weight_average(tmp_path: Path) -> None:
     train = validation = tiny_image_set(32, 16)
     params = Params(image_size=16, conv_filters=(4,), kernel_size=3, dense_units=4,
                     batch_size=8, epochs=3, train_images_per_epoch=0, learning_rate=0.05,
-                    precision="float32", batch_norm=False, weight_ema=0.999999)
+                    precision="float32", batch_norm=False, lr_schedule="constant",
+                    weight_ema=0.999999)
     first = _FirstWeights()
     train_model(params, train, validation, tmp_path / "m.keras", [first], verbose=0)
     def farthest(path: Path) -> float:

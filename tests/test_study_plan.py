@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from agegap.errors import AgegapError
-from agegap.params import param_names, params_from_dict
+from agegap.params import load_params, param_names, params_from_dict
 from flows.study_plan import (
     CV_VALIDATION_PER_CLASS,
     identity_of,
@@ -52,8 +52,9 @@ def test_every_row_of_the_projects_studies_is_valid_params(name: str) -> None:
 
 def test_the_blog_recipe_is_the_same_in_both_studies() -> None:
     """Both spell it out whole, so each means it whatever params.yaml's defaults are."""
-    blog = load_study(study_path(REPO, "blog")).row("dropout-0.1").overrides
-    protocol = load_study(study_path(REPO, "accuracy")).row("blog").overrides
+    blog_study, accuracy = (load_study(study_path(REPO, n)) for n in ("blog", "accuracy"))
+    blog = {**blog_study.row("dropout-0.1").overrides, **blog_study.every_run}
+    protocol = {**accuracy.row("blog").overrides, **accuracy.every_run}
     assert blog == protocol
     assert set(blog) >= set(param_names()) - {
         "data_url", "data_sha256", "image_size", "split_strategy", "split_seed",
@@ -80,14 +81,28 @@ def test_one_network_is_one_experiment_across_rows_and_studies() -> None:
 
 def test_the_accuracy_protocol_runs_its_default_rows_unless_told() -> None:
     study = load_study(study_path(REPO, "accuracy"))
-    assert [r.name for r in select_rows(study, None)] == ["blog", "blog+cutout"]
+    default = "blog+batchnorm+cosine+fullepochs+cutout+gray+jitter+scale0.3+blur+200epochs"
+    assert [r.name for r in select_rows(study, None)] == ["blog", default]
     assert [r.name for r in select_rows(study, ["blog+mixup"])] == ["blog+mixup"]
     runs = plan_runs(study, select_rows(study, None))
     assert len(runs) == 2 * 2 * 3 and study.baseline == "blog"
     assert {(r.strategy, r.seed) for r in runs} == {
         (s, seed) for s in ("image", "identity") for seed in (0, 1, 2)
     }
-    assert all(r.overrides["epochs"] == 100 for r in runs)
+    assert {r.row: r.overrides["epochs"] for r in runs} == {"blog": 100, default: 200}
+
+
+def test_the_default_row_is_params_yaml_and_its_runs_are_the_longer_schedules() -> None:
+    """The default row is the recipe params.yaml trains, and its runs are the very
+    experiments of its 100-epoch row run with ``--epochs 200``: the protocol ran those
+    before the row existed, and they still count."""
+    study = load_study(study_path(REPO, "accuracy"))
+    default = study.row(study.default_rows[1])
+    trained = params_from_dict(default.overrides, source="accuracy")
+    assert trained == load_params(REPO / "params.yaml")
+    shorter = study.row(default.name.removesuffix("+200epochs"))
+    assert [r.identity for r in plan_runs(study, [default])] == [
+        r.identity for r in plan_runs(study, [shorter], extra={"epochs": 200})]
 
 
 def test_runs_cross_seeds_strategies_and_folds(tmp_path: Path) -> None:
